@@ -1,0 +1,112 @@
+//! HTTP pieces every service shares: the operational routes (`/healthz`,
+//! `/readyz`, `/metrics`), serving with graceful shutdown, and the shutdown
+//! signal itself.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
+
+use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Result of checking one dependency.
+pub type Check = (&'static str, Result<(), String>);
+
+/// Checks each dependency of a service for `/readyz`.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. in tests):
+            // then this handle renders nothing, which is acceptable there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// `/healthz` (process up), `/readyz` (dependencies reachable), `/metrics`.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(ready: ReadyCheck) -> Router<S> {
+    let handle = metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    let checks = ready().await;
+                    let ok = checks.iter().all(|(_, r)| r.is_ok());
+                    let detail: serde_json::Map<String, serde_json::Value> = checks
+                        .into_iter()
+                        .map(|(name, r)| {
+                            (
+                                name.to_owned(),
+                                json!(r.err().unwrap_or_else(|| "ok".into())),
+                            )
+                        })
+                        .collect();
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(json!({"ok": ok, "checks": detail})))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.render().into_response() }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, letting
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown signal received");
+        t.cancel();
+    });
+    token
+}

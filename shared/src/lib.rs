@@ -1,0 +1,19 @@
+//! What more than one Lifeline service needs, and nothing service-specific:
+//! the wire contracts (beat events on NATS, alert jobs on RabbitMQ), the
+//! monitor state machine, the Redis key layout and store, configuration from
+//! `LIFELINE_*` variables, broker connection helpers and telemetry set-up.
+//!
+//! Every name a service creates in NATS, Redis or RabbitMQ comes from
+//! [`names::Names`], so a configurable prefix isolates deployments and tests.
+
+pub mod amqp;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod names;
+pub mod nats;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod token;

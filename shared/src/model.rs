@@ -1,0 +1,336 @@
+//! The data Lifeline moves and stores, with serde_json as the wire format.
+//!
+//! [`BeatEvent`] travels on NATS from ingest to the evaluator and
+//! [`AlertJob`] on RabbitMQ from the evaluator to the notifier; both carry a
+//! version field `v` so a newer producer can be detected by an older
+//! consumer. Times are milliseconds since the Unix epoch.
+
+use serde::{Deserialize, Serialize};
+
+/// Wire version of [`BeatEvent`] and [`AlertJob`].
+pub const WIRE_VERSION: u8 = 1;
+
+/// What a push reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BeatStatus {
+    /// Healthy (the default).
+    Up,
+    /// The job reports a failure: alert at once.
+    Down,
+}
+
+/// One accepted push, published by ingest once per 2xx answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BeatEvent {
+    /// Wire version.
+    pub v: u8,
+    /// The monitor the push token resolved to.
+    pub monitor_id: String,
+    /// Reported status.
+    pub status: BeatStatus,
+    /// Free text, at most [`MSG_MAX_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
+    /// Whether `msg` was cut to fit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub msg_truncated: bool,
+    /// A finite number to track.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// When ingest received the push (ms).
+    pub at: i64,
+}
+
+/// Longest message kept with a beat; longer ones are truncated, never refused.
+pub const MSG_MAX_BYTES: usize = 1024;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A beat as kept in a monitor's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BeatRecord {
+    /// JetStream stream sequence: the order in which beats were accepted.
+    pub seq: u64,
+    /// When ingest received it (ms).
+    pub at: i64,
+    /// Reported status.
+    pub status: BeatStatus,
+    /// Message, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
+    /// Whether the message was truncated.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub msg_truncated: bool,
+    /// Value, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Applied after a newer beat had already been applied (it was recorded
+    /// but did not change the state).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub late: bool,
+}
+
+/// A monitor's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, no beat yet: never alerts.
+    New,
+    /// Beating within its timeout.
+    Up,
+    /// Missed its deadline or reported down.
+    Down,
+    /// Beats are recorded, nothing alerts.
+    Paused,
+}
+
+/// Why a monitor changed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// First beat of a new (or resumed, never-beaten) monitor.
+    FirstBeat,
+    /// No beat before the deadline.
+    Timeout,
+    /// A `status=down` beat.
+    Reported,
+    /// An up beat after being down.
+    Recovered,
+    /// Paused through the API.
+    Paused,
+    /// Resumed through the API.
+    Resumed,
+}
+
+/// The kind of alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlertEvent {
+    /// The monitor went down.
+    #[serde(rename = "monitor.down")]
+    Down,
+    /// The monitor recovered.
+    #[serde(rename = "monitor.up")]
+    Up,
+}
+
+impl AlertEvent {
+    /// `monitor.down` or `monitor.up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Down => "monitor.down",
+            Self::Up => "monitor.up",
+        }
+    }
+}
+
+/// A monitor's settings, written by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorConfig {
+    /// Descriptive name.
+    pub name: String,
+    /// Longest wait between beats, in seconds.
+    pub timeout: u32,
+    /// Recommended push interval, in seconds.
+    pub interval: u32,
+    /// Channel ids alerted on state changes.
+    pub channels: Vec<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// SHA-256 (hex) of the current push token: the token itself is never stored.
+    pub token_hash: String,
+    /// The token's first characters, to tell tokens apart.
+    pub token_hint: String,
+}
+
+/// A monitor's evaluated state, written only through the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorState {
+    /// Current status.
+    pub status: Status,
+    /// When the monitor times out if no beat comes (ms); set only while up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<i64>,
+    /// Newest applied beat (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_beat_at: Option<i64>,
+    /// Stream sequence of the newest applied beat.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// When the current status began (ms).
+    pub since: i64,
+    /// Number of state changes so far; numbers alert ids.
+    #[serde(default)]
+    pub changes: u64,
+}
+
+impl MonitorState {
+    /// The state of a monitor created at `now`.
+    pub fn new(now: i64) -> Self {
+        Self {
+            status: Status::New,
+            deadline: None,
+            last_beat_at: None,
+            last_seq: 0,
+            since: now,
+            changes: 0,
+        }
+    }
+}
+
+/// A monitor as stored: settings, state, and the version every write checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Monitor {
+    /// Monitor id.
+    pub id: String,
+    /// Settings.
+    pub cfg: MonitorConfig,
+    /// Evaluated state.
+    pub state: MonitorState,
+    /// Incremented by every write; a write expecting another version fails.
+    pub ver: u64,
+}
+
+/// One state change, as kept in a monitor's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// When it took effect (ms): for a timeout, the deadline itself.
+    pub at: i64,
+    /// Status before.
+    pub from: Status,
+    /// Status after.
+    pub to: Status,
+    /// Why.
+    pub reason: Reason,
+    /// The beat's message, for `reported` and `recovered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
+    /// The alert this change raised, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+}
+
+/// Monitor identity carried by an alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorRef {
+    /// Monitor id.
+    pub id: String,
+    /// Monitor name at the time of the alert.
+    pub name: String,
+}
+
+/// One alert job: published to RabbitMQ once per alerting state change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertJob {
+    /// Wire version.
+    pub v: u8,
+    /// Unique and stable: a job republished after a crash keeps its id, so
+    /// the notifier delivers it to each channel once.
+    pub alert_id: String,
+    /// Down or up.
+    pub event: AlertEvent,
+    /// The monitor.
+    pub monitor: MonitorRef,
+    /// Why.
+    pub reason: Reason,
+    /// The beat's message, if any.
+    #[serde(default)]
+    pub msg: Option<String>,
+    /// The beat's value, if any.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// When the state changed (ms).
+    pub at: i64,
+    /// Newest beat before the change (ms).
+    #[serde(default)]
+    pub last_beat_at: Option<i64>,
+    /// Channel ids to deliver to, as configured at the time of the change.
+    pub channels: Vec<String>,
+}
+
+/// Where a channel delivers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// HTTP POST of the alert as JSON.
+    Webhook {
+        /// Receiver URL (http or https).
+        url: String,
+    },
+}
+
+/// An alert channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Channel id.
+    pub id: String,
+    /// Descriptive name.
+    pub name: String,
+    /// Type and its settings.
+    #[serde(flatten)]
+    pub kind: ChannelKind,
+    /// Creation time (ms).
+    pub created_at: i64,
+}
+
+/// The outcome of delivering one alert to one channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Time of the last attempt (ms).
+    pub at: i64,
+    /// HTTP status of the last attempt, if one was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Error text of the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_job_wire_shape() {
+        let job = AlertJob {
+            v: WIRE_VERSION,
+            alert_id: "m.1".into(),
+            event: AlertEvent::Down,
+            monitor: MonitorRef {
+                id: "m".into(),
+                name: "n".into(),
+            },
+            reason: Reason::Timeout,
+            msg: None,
+            value: None,
+            at: 5,
+            last_beat_at: Some(1),
+            channels: vec!["c".into()],
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["event"], "monitor.down");
+        assert_eq!(v["reason"], "timeout");
+        assert_eq!(serde_json::from_value::<AlertJob>(v).unwrap(), job);
+    }
+
+    #[test]
+    fn channel_json_is_flat() {
+        let c = Channel {
+            id: "c".into(),
+            name: "ops".into(),
+            kind: ChannelKind::Webhook {
+                url: "http://x".into(),
+            },
+            created_at: 1,
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["type"], "webhook");
+        assert_eq!(v["url"], "http://x");
+    }
+}

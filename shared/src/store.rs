@@ -1,0 +1,470 @@
+//! Lifeline's Redis store: monitors, their state and deadlines, beat and
+//! state-change history, the alert outbox, push tokens and channels.
+//!
+//! Every write to a monitor goes through [`Store::commit`], one Lua script
+//! that checks the monitor's version and then, atomically and within one
+//! hash slot, writes the new state, moves the deadline in the shard's index,
+//! appends history and puts the alert jobs in the shard's outbox. Two
+//! evaluator replicas racing on one monitor therefore cannot both raise the
+//! same alert: the loser sees a version conflict and recomputes.
+//! Key layout: [`crate::names`].
+
+use std::time::Duration;
+
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+
+use crate::{
+    model::{AlertJob, BeatRecord, Channel, Monitor, MonitorConfig, MonitorState, StateChange},
+    names::{Names, shard_of},
+};
+
+/// A Redis failure, or a record that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis unreachable or refused the command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored record is not what this version expects.
+    #[error("corrupt record at {key}: {error}")]
+    Corrupt {
+        /// The key read.
+        key: String,
+        /// The parse error.
+        error: serde_json::Error,
+    },
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What [`Store::commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitResult {
+    /// Written.
+    Committed,
+    /// The monitor changed since it was read: read again and recompute.
+    Conflict,
+    /// The monitor no longer exists.
+    Missing,
+}
+
+/// Everything one state-machine step writes.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The new state.
+    pub state: &'a MonitorState,
+    /// New settings, when the API changes them.
+    pub cfg: Option<&'a MonitorConfig>,
+    /// The beat to add to the history.
+    pub beat: Option<&'a BeatRecord>,
+    /// State changes to add to the history.
+    pub changes: &'a [StateChange],
+    /// Alert jobs to put in the outbox.
+    pub alerts: &'a [AlertJob],
+}
+
+/// History lengths kept per monitor.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Beats kept per monitor (`LIFELINE_HISTORY_BEATS`, default 100).
+    pub beats: usize,
+    /// State changes kept per monitor (`LIFELINE_HISTORY_EVENTS`, default 1000).
+    pub events: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            beats: 100,
+            events: 1000,
+        }
+    }
+}
+
+// KEYS: monitor, deadlines, outbox, beats, events.
+// ARGV: expected ver, state JSON, deadline ('' = none), monitor id,
+//       cfg JSON ('' = unchanged), beat JSON ('' = none), beats cap,
+//       events cap, alert count n, then n (alert id, job JSON) pairs,
+//       then the state-change JSONs.
+const COMMIT_LUA: &str = r#"
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if not ver then return -1 end
+if tonumber(ver) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ver', tonumber(ver) + 1)
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cfg', ARGV[5]) end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', KEYS[4], ARGV[6])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
+end
+local n = tonumber(ARGV[9])
+local i = 10
+for _ = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local changed = false
+while i <= #ARGV do
+  redis.call('LPUSH', KEYS[5], ARGV[i])
+  changed = true
+  i = i + 1
+end
+if changed then redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[8]) - 1) end
+return 1
+"#;
+
+// A beat older than the newest applied one: recorded once, unless the
+// history already holds its sequence number. KEYS: monitor, beats.
+// ARGV: beat JSON, the `"seq":N,` marker, beats cap.
+const LATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+for _, e in ipairs(entries) do
+  if string.find(e, ARGV[2], 1, true) then return 0 end
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+return 1
+"#;
+
+// KEYS: monitor, deadlines, beats, events, outbox. ARGV: monitor id.
+const DELETE_LUA: &str = r#"
+local existed = redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return existed
+"#;
+
+/// Handle to the Redis store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    names: Names,
+    caps: Caps,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|error| StoreError::Corrupt {
+        key: key.to_owned(),
+        error,
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("model types serialize")
+}
+
+impl Store {
+    /// A store on `url`. Connects lazily and reconnects by itself, so a
+    /// service starts while Redis is down and answers 503 until it is back;
+    /// each command gives up after 2 s.
+    pub fn open(url: &str, names: Names, caps: Caps) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, names, caps })
+    }
+
+    /// The names this store uses.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// A connection for commands this module does not wrap.
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `PING`: whether Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    // --- monitors ---
+
+    /// The monitor id a push token's hash resolves to.
+    pub async fn monitor_for_token(&self, token_hash: &str) -> Result<Option<String>> {
+        Ok(self.conn().get(self.names.token(token_hash)).await?)
+    }
+
+    /// Reads one monitor.
+    pub async fn monitor(&self, id: &str) -> Result<Option<Monitor>> {
+        let key = self.names.monitor(id);
+        let (cfg, st, ver): (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("cfg")
+            .arg("st")
+            .arg("ver")
+            .query_async(&mut self.conn())
+            .await?;
+        match (cfg, st, ver) {
+            (Some(cfg), Some(st), Some(ver)) => Ok(Some(Monitor {
+                id: id.to_owned(),
+                cfg: parse(&key, &cfg)?,
+                state: parse(&key, &st)?,
+                ver,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates a monitor and its push token.
+    pub async fn create_monitor(
+        &self,
+        id: &str,
+        cfg: &MonitorConfig,
+        state: &MonitorState,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let _: () = redis::cmd("HSET")
+            .arg(self.names.monitor(id))
+            .arg("cfg")
+            .arg(json(cfg))
+            .arg("st")
+            .arg(json(state))
+            .arg("ver")
+            .arg(0)
+            .query_async(&mut conn)
+            .await?;
+        let _: () = conn
+            .zadd(self.names.monitors_index(), id, cfg.created_at)
+            .await?;
+        let _: () = conn.set(self.names.token(&cfg.token_hash), id).await?;
+        Ok(())
+    }
+
+    /// Points a new token hash at a monitor (rotation, before the old one is revoked).
+    pub async fn add_token(&self, token_hash: &str, id: &str) -> Result<()> {
+        let _: () = self.conn().set(self.names.token(token_hash), id).await?;
+        Ok(())
+    }
+
+    /// Revokes a push token.
+    pub async fn revoke_token(&self, token_hash: &str) -> Result<()> {
+        let _: () = self.conn().del(self.names.token(token_hash)).await?;
+        Ok(())
+    }
+
+    /// Deletes a monitor, its token, deadline and history. Returns whether it existed.
+    pub async fn delete_monitor(&self, monitor: &Monitor) -> Result<bool> {
+        self.revoke_token(&monitor.cfg.token_hash).await?;
+        let id = &monitor.id;
+        let shard = shard_of(id);
+        let existed: i64 = Script::new(DELETE_LUA)
+            .key(self.names.monitor(id))
+            .key(self.names.deadlines(shard))
+            .key(self.names.beats(id))
+            .key(self.names.events(id))
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let _: () = self.conn().zrem(self.names.monitors_index(), id).await?;
+        Ok(existed > 0)
+    }
+
+    /// All monitor ids, oldest first.
+    pub async fn monitor_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .conn()
+            .zrange(self.names.monitors_index(), 0, -1)
+            .await?)
+    }
+
+    /// Applies one state-machine step if the monitor is still at `expected_ver`.
+    pub async fn commit(
+        &self,
+        id: &str,
+        expected_ver: u64,
+        c: &Commit<'_>,
+    ) -> Result<CommitResult> {
+        let shard = shard_of(id);
+        let script = Script::new(COMMIT_LUA);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.names.monitor(id))
+            .key(self.names.deadlines(shard))
+            .key(self.names.outbox(shard))
+            .key(self.names.beats(id))
+            .key(self.names.events(id))
+            .arg(expected_ver)
+            .arg(json(c.state))
+            .arg(c.state.deadline.map(|d| d.to_string()).unwrap_or_default())
+            .arg(id)
+            .arg(c.cfg.map(json).unwrap_or_default())
+            .arg(c.beat.map(json).unwrap_or_default())
+            .arg(self.caps.beats)
+            .arg(self.caps.events)
+            .arg(c.alerts.len());
+        for job in c.alerts {
+            inv.arg(&job.alert_id).arg(json(job));
+        }
+        for change in c.changes.iter() {
+            inv.arg(json(change));
+        }
+        let r: i64 = inv.invoke_async(&mut self.conn()).await?;
+        Ok(match r {
+            1 => CommitResult::Committed,
+            0 => CommitResult::Conflict,
+            _ => CommitResult::Missing,
+        })
+    }
+
+    /// Records a beat that arrived after a newer one was applied, once.
+    pub async fn record_late_beat(&self, id: &str, beat: &BeatRecord) -> Result<bool> {
+        let late = BeatRecord {
+            late: true,
+            ..beat.clone()
+        };
+        let r: i64 = Script::new(LATE_LUA)
+            .key(self.names.monitor(id))
+            .key(self.names.beats(id))
+            .arg(json(&late))
+            .arg(format!("\"seq\":{},", beat.seq))
+            .arg(self.caps.beats)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Newest-first beat history.
+    pub async fn beats(&self, id: &str, limit: usize) -> Result<Vec<BeatRecord>> {
+        self.list(&self.names.beats(id), limit).await
+    }
+
+    /// Newest-first state changes.
+    pub async fn events(&self, id: &str, limit: usize) -> Result<Vec<StateChange>> {
+        self.list(&self.names.events(id), limit).await
+    }
+
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<T>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<String> = self.conn().lrange(key, 0, limit as isize - 1).await?;
+        raw.iter().map(|r| parse(key, r)).collect()
+    }
+
+    // --- deadlines and outbox ---
+
+    /// Up to `limit` monitor ids of `shard` whose deadline is at or before `now`.
+    pub async fn due(&self, shard: u16, now: i64, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .conn()
+            .zrangebyscore_limit(self.names.deadlines(shard), "-inf", now, 0, limit as isize)
+            .await?)
+    }
+
+    /// Drops a deadline entry whose monitor no longer exists.
+    pub async fn forget_deadline(&self, shard: u16, id: &str) -> Result<()> {
+        let _: () = self.conn().zrem(self.names.deadlines(shard), id).await?;
+        Ok(())
+    }
+
+    /// Alert jobs in a shard's outbox (not yet confirmed by RabbitMQ).
+    pub async fn outbox(&self, shard: u16) -> Result<Vec<AlertJob>> {
+        let key = self.names.outbox(shard);
+        let raw: Vec<String> = self.conn().hvals(&key).await?;
+        raw.iter().map(|r| parse(&key, r)).collect()
+    }
+
+    /// Removes a job from the outbox once RabbitMQ confirmed it.
+    pub async fn outbox_done(&self, alert_id: &str, monitor_id: &str) -> Result<()> {
+        let _: () = self
+            .conn()
+            .hdel(self.names.outbox(shard_of(monitor_id)), alert_id)
+            .await?;
+        Ok(())
+    }
+
+    // --- channels ---
+
+    /// Creates or replaces a channel.
+    pub async fn put_channel(&self, c: &Channel) -> Result<()> {
+        let mut conn = self.conn();
+        let _: () = conn.set(self.names.channel(&c.id), json(c)).await?;
+        let _: () = conn
+            .zadd(self.names.channels_index(), &c.id, c.created_at)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a channel.
+    pub async fn channel(&self, id: &str) -> Result<Option<Channel>> {
+        let key = self.names.channel(id);
+        let raw: Option<String> = self.conn().get(&key).await?;
+        raw.map(|r| parse(&key, &r)).transpose()
+    }
+
+    /// All channels, oldest first.
+    pub async fn channels(&self) -> Result<Vec<Channel>> {
+        let ids: Vec<String> = self
+            .conn()
+            .zrange(self.names.channels_index(), 0, -1)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.channel(&id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a channel. Returns whether it existed.
+    pub async fn delete_channel(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let n: i64 = conn.del(self.names.channel(id)).await?;
+        let _: () = conn.zrem(self.names.channels_index(), id).await?;
+        Ok(n > 0)
+    }
+
+    // --- deliveries ---
+
+    /// The delivery record of an alert to a channel.
+    pub async fn delivery(
+        &self,
+        alert_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<crate::model::DeliveryRecord>> {
+        let key = self.names.delivery(alert_id);
+        let raw: Option<String> = self.conn().hget(&key, channel_id).await?;
+        raw.map(|r| parse(&key, &r)).transpose()
+    }
+
+    /// All delivery records of an alert, by channel id.
+    pub async fn deliveries(
+        &self,
+        alert_id: &str,
+    ) -> Result<Vec<(String, crate::model::DeliveryRecord)>> {
+        let key = self.names.delivery(alert_id);
+        let raw: Vec<(String, String)> = self.conn().hgetall(&key).await?;
+        raw.into_iter()
+            .map(|(c, r)| Ok((c, parse(&key, &r)?)))
+            .collect()
+    }
+
+    /// Records the outcome of delivering an alert to a channel (kept 30 days).
+    pub async fn put_delivery(
+        &self,
+        alert_id: &str,
+        channel_id: &str,
+        rec: &crate::model::DeliveryRecord,
+    ) -> Result<()> {
+        let key = self.names.delivery(alert_id);
+        let mut conn = self.conn();
+        let _: () = conn.hset(&key, channel_id, json(rec)).await?;
+        let _: () = conn.expire(&key, 30 * 24 * 3600).await?;
+        Ok(())
+    }
+}
