@@ -9,13 +9,14 @@
 //! same alert: the loser sees a version conflict and recomputes.
 //! Key layout: [`crate::names`].
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
 use crate::{
     model::{AlertJob, BeatRecord, Channel, Monitor, MonitorConfig, MonitorState, StateChange},
     names::{Names, shard_of},
+    state::{BeatDisposition, Input, Outcome, step},
 };
 
 /// A Redis failure, or a record that does not parse.
@@ -61,6 +62,17 @@ pub struct Commit<'a> {
     pub changes: &'a [StateChange],
     /// Alert jobs to put in the outbox.
     pub alerts: &'a [AlertJob],
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The monitor as read before the step.
+    pub before: Monitor,
+    /// The step's outcome (already written).
+    pub outcome: Outcome,
+    /// Alert jobs written to the outbox, to publish now.
+    pub jobs: Vec<AlertJob>,
 }
 
 /// History lengths kept per monitor.
@@ -137,6 +149,10 @@ local existed = redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return existed
 "#;
+
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
+static LATE: LazyLock<Script> = LazyLock::new(|| Script::new(LATE_LUA));
+static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_LUA));
 
 /// Handle to the Redis store; cheap to clone.
 #[derive(Clone)]
@@ -258,7 +274,7 @@ impl Store {
         self.revoke_token(&monitor.cfg.token_hash).await?;
         let id = &monitor.id;
         let shard = shard_of(id);
-        let existed: i64 = Script::new(DELETE_LUA)
+        let existed: i64 = DELETE
             .key(self.names.monitor(id))
             .key(self.names.deadlines(shard))
             .key(self.names.beats(id))
@@ -286,8 +302,7 @@ impl Store {
         c: &Commit<'_>,
     ) -> Result<CommitResult> {
         let shard = shard_of(id);
-        let script = Script::new(COMMIT_LUA);
-        let mut inv = script.prepare_invoke();
+        let mut inv = COMMIT.prepare_invoke();
         inv.key(self.names.monitor(id))
             .key(self.names.deadlines(shard))
             .key(self.names.outbox(shard))
@@ -316,13 +331,52 @@ impl Store {
         })
     }
 
+    /// Runs one state-machine step on a monitor and writes its outcome,
+    /// re-reading and recomputing on a version conflict. `new_cfg` replaces
+    /// the settings in the same write (the step then sees the new timeout).
+    /// Returns `None` when the monitor does not exist.
+    pub async fn apply(&self, id: &str, input: Input<'_>, new_cfg: Option<&MonitorConfig>) -> Result<Option<Applied>> {
+        loop {
+            let Some(before) = self.monitor(id).await? else {
+                return Ok(None);
+            };
+            let cfg = new_cfg.unwrap_or(&before.cfg);
+            let outcome = step(id, &before.state, i64::from(cfg.timeout) * 1000, input);
+            let beat = match (input, outcome.beat) {
+                (Input::Beat(b), BeatDisposition::Applied) => Some(b),
+                (Input::Beat(b), BeatDisposition::Late) => {
+                    self.record_late_beat(id, b).await?;
+                    None
+                }
+                _ => None,
+            };
+            let unchanged = outcome.state == before.state && new_cfg.is_none() && beat.is_none();
+            if unchanged {
+                return Ok(Some(Applied { before, outcome, jobs: Vec::new() }));
+            }
+            let jobs: Vec<AlertJob> = outcome.alerts.iter().map(|a| a.to_job(id, cfg)).collect();
+            let commit = Commit {
+                state: &outcome.state,
+                cfg: new_cfg,
+                beat,
+                changes: &outcome.changes,
+                alerts: &jobs,
+            };
+            match self.commit(id, before.ver, &commit).await? {
+                CommitResult::Committed => return Ok(Some(Applied { before, outcome, jobs })),
+                CommitResult::Conflict => continue,
+                CommitResult::Missing => return Ok(None),
+            }
+        }
+    }
+
     /// Records a beat that arrived after a newer one was applied, once.
     pub async fn record_late_beat(&self, id: &str, beat: &BeatRecord) -> Result<bool> {
         let late = BeatRecord {
             late: true,
             ..beat.clone()
         };
-        let r: i64 = Script::new(LATE_LUA)
+        let r: i64 = LATE
             .key(self.names.monitor(id))
             .key(self.names.beats(id))
             .arg(json(&late))
