@@ -335,7 +335,12 @@ impl Store {
     /// re-reading and recomputing on a version conflict. `new_cfg` replaces
     /// the settings in the same write (the step then sees the new timeout).
     /// Returns `None` when the monitor does not exist.
-    pub async fn apply(&self, id: &str, input: Input<'_>, new_cfg: Option<&MonitorConfig>) -> Result<Option<Applied>> {
+    pub async fn apply(
+        &self,
+        id: &str,
+        input: Input<'_>,
+        new_cfg: Option<&MonitorConfig>,
+    ) -> Result<Option<Applied>> {
         loop {
             let Some(before) = self.monitor(id).await? else {
                 return Ok(None);
@@ -352,7 +357,11 @@ impl Store {
             };
             let unchanged = outcome.state == before.state && new_cfg.is_none() && beat.is_none();
             if unchanged {
-                return Ok(Some(Applied { before, outcome, jobs: Vec::new() }));
+                return Ok(Some(Applied {
+                    before,
+                    outcome,
+                    jobs: Vec::new(),
+                }));
             }
             let jobs: Vec<AlertJob> = outcome.alerts.iter().map(|a| a.to_job(id, cfg)).collect();
             let commit = Commit {
@@ -363,7 +372,13 @@ impl Store {
                 alerts: &jobs,
             };
             match self.commit(id, before.ver, &commit).await? {
-                CommitResult::Committed => return Ok(Some(Applied { before, outcome, jobs })),
+                CommitResult::Committed => {
+                    return Ok(Some(Applied {
+                        before,
+                        outcome,
+                        jobs,
+                    }));
+                }
                 CommitResult::Conflict => continue,
                 CommitResult::Missing => return Ok(None),
             }
@@ -411,25 +426,45 @@ impl Store {
 
     // --- deadlines and outbox ---
 
-    /// Up to `limit` monitor ids of `shard` whose deadline is at or before `now`.
-    pub async fn due(&self, shard: u16, now: i64, limit: usize) -> Result<Vec<String>> {
-        Ok(self
-            .conn()
-            .zrangebyscore_limit(self.names.deadlines(shard), "-inf", now, 0, limit as isize)
-            .await?)
+    /// For every shard, up to `limit` monitor ids whose deadline is at or
+    /// before `now`, in one pipelined round trip.
+    pub async fn due_all(&self, now: i64, limit: usize) -> Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for shard in 0..crate::names::SHARDS {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.names.deadlines(shard))
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let per_shard: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(per_shard.into_iter().flatten().collect())
     }
 
     /// Drops a deadline entry whose monitor no longer exists.
-    pub async fn forget_deadline(&self, shard: u16, id: &str) -> Result<()> {
-        let _: () = self.conn().zrem(self.names.deadlines(shard), id).await?;
+    pub async fn forget_deadline(&self, id: &str) -> Result<()> {
+        let _: () = self
+            .conn()
+            .zrem(self.names.deadlines(shard_of(id)), id)
+            .await?;
         Ok(())
     }
 
-    /// Alert jobs in a shard's outbox (not yet confirmed by RabbitMQ).
-    pub async fn outbox(&self, shard: u16) -> Result<Vec<AlertJob>> {
-        let key = self.names.outbox(shard);
-        let raw: Vec<String> = self.conn().hvals(&key).await?;
-        raw.iter().map(|r| parse(&key, r)).collect()
+    /// Every alert job in the outboxes (not yet confirmed by RabbitMQ), in
+    /// one pipelined round trip.
+    pub async fn outbox_all(&self) -> Result<Vec<AlertJob>> {
+        let mut pipe = redis::pipe();
+        for shard in 0..crate::names::SHARDS {
+            pipe.cmd("HVALS").arg(self.names.outbox(shard));
+        }
+        let per_shard: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+        per_shard
+            .iter()
+            .flatten()
+            .map(|r| parse("outbox", r))
+            .collect()
     }
 
     /// Removes a job from the outbox once RabbitMQ confirmed it.

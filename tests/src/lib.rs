@@ -1,1 +1,382 @@
-//! placeholder
+//! Test harness for cross-service flows: the four Lifeline services run
+//! in-process on port 0 against the machine's real NATS, Redis and RabbitMQ,
+//! under a fresh name prefix per test, plus a real HTTP webhook receiver.
+//! Everything a stack created (Redis keys, the JetStream stream, RabbitMQ
+//! queues) is removed when it is dropped.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use lifeline_shared::{names::Names, token};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// API key used by every test stack.
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+
+/// Waits until `check` returns `Some`, polling every 50 ms, for at most `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A service running in-process.
+struct Running {
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(20), self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("service did not stop cleanly: {other:?}"),
+        }
+    }
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = l.local_addr().expect("local addr");
+    (l, addr)
+}
+
+/// The four services under one prefix.
+pub struct Stack {
+    /// The prefix of every broker name this stack uses.
+    pub prefix: String,
+    /// Base URL of ingest, e.g. `http://127.0.0.1:41234`.
+    pub ingest_url: String,
+    /// Base URL of the API.
+    pub api_url: String,
+    /// Ops base URL of the evaluator.
+    pub evaluator_url: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    ingest: Option<Running>,
+    api: Option<Running>,
+    evaluator: Option<Running>,
+    notifier: Option<Running>,
+}
+
+impl Stack {
+    /// Starts ingest, API, evaluator and notifier under a new prefix `<tag>-<random>`.
+    pub async fn start(tag: &str) -> Self {
+        let prefix = format!("{tag}-{}", token::new_id());
+        let (ingest_l, ingest_addr) = listener().await;
+        let ingest_url = format!("http://{ingest_addr}");
+        let ingest = {
+            let shutdown = CancellationToken::new();
+            let handle = tokio::spawn(lifeline_ingest::run(
+                lifeline_ingest::Config::local(&prefix),
+                ingest_l,
+                shutdown.clone(),
+            ));
+            Running { shutdown, handle }
+        };
+        let (api_l, api_addr) = listener().await;
+        let api = {
+            let shutdown = CancellationToken::new();
+            let handle = tokio::spawn(lifeline_api::run(
+                lifeline_api::Config::local(&prefix, API_KEY, &ingest_url),
+                api_l,
+                shutdown.clone(),
+            ));
+            Running { shutdown, handle }
+        };
+        let mut stack = Self {
+            prefix,
+            ingest_url,
+            api_url: format!("http://{api_addr}"),
+            evaluator_url: String::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            ingest: Some(ingest),
+            api: Some(api),
+            evaluator: None,
+            notifier: None,
+        };
+        stack.start_evaluator().await;
+        stack.start_notifier().await;
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// The names this stack's services use.
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix).expect("valid prefix")
+    }
+
+    async fn wait_ready(&self) {
+        for url in [&self.ingest_url, &self.api_url, &self.evaluator_url] {
+            let http = self.http.clone();
+            let readyz = format!("{url}/readyz");
+            wait_for(Duration::from_secs(20), &readyz, || {
+                let (http, readyz) = (http.clone(), readyz.clone());
+                async move {
+                    let r = http.get(&readyz).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Starts an evaluator (again).
+    pub async fn start_evaluator(&mut self) {
+        assert!(self.evaluator.is_none(), "evaluator already running");
+        let (l, addr) = listener().await;
+        self.evaluator_url = format!("http://{addr}");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(lifeline_evaluator::run(
+            lifeline_evaluator::Config::local(&self.prefix),
+            l,
+            shutdown.clone(),
+        ));
+        self.evaluator = Some(Running { shutdown, handle });
+    }
+
+    /// Stops the evaluator, letting it finish what it holds.
+    pub async fn stop_evaluator(&mut self) {
+        self.evaluator
+            .take()
+            .expect("evaluator running")
+            .stop()
+            .await;
+    }
+
+    /// Starts a notifier.
+    pub async fn start_notifier(&mut self) {
+        assert!(self.notifier.is_none(), "notifier already running");
+        let (l, _) = listener().await;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(lifeline_notifier::run(
+            lifeline_notifier::Config::local(&self.prefix),
+            l,
+            shutdown.clone(),
+        ));
+        self.notifier = Some(Running { shutdown, handle });
+    }
+
+    /// An authenticated API request builder.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(API_KEY)
+    }
+
+    /// Creates a webhook channel; returns its id.
+    pub async fn webhook_channel(&self, url: &str) -> String {
+        let r = self
+            .api(reqwest::Method::POST, "/api/v1/channels")
+            .json(&json!({"type": "webhook", "name": "ops", "url": url}))
+            .send()
+            .await
+            .expect("create channel");
+        assert_eq!(r.status(), 201, "create channel");
+        let v: Value = r.json().await.expect("channel json");
+        v["id"].as_str().expect("channel id").to_owned()
+    }
+
+    /// Creates a monitor; returns its JSON (with `id`, `token`, `push_url`).
+    pub async fn monitor(&self, name: &str, timeout: u64, channels: &[&str]) -> Value {
+        let r = self
+            .api(reqwest::Method::POST, "/api/v1/monitors")
+            .json(&json!({"name": name, "timeout": timeout, "channels": channels}))
+            .send()
+            .await
+            .expect("create monitor");
+        assert_eq!(r.status(), 201, "create monitor");
+        r.json().await.expect("monitor json")
+    }
+
+    /// GETs an API path and returns its JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self
+            .api(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("api get");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("json")
+    }
+
+    /// Pushes to `/api/push/{token}?{query}` by POST; returns status and JSON body.
+    pub async fn push(&self, token: &str, query: &str) -> (u16, Value) {
+        let mut url = format!("{}/api/push/{token}", self.ingest_url);
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        let r = self.http.post(url).send().await.expect("push");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Number of beat events currently in the stream (not yet consumed).
+    pub async fn stream_messages(&self) -> u64 {
+        let client = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .get_stream(self.names().beats_stream())
+            .await
+            .expect("beats stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for s in [
+            self.ingest.take(),
+            self.api.take(),
+            self.evaluator.take(),
+            self.notifier.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            s.shutdown.cancel();
+            s.handle.abort();
+        }
+        let names = self.names();
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(cleanup(names));
+        })
+        .join();
+    }
+}
+
+/// Removes everything a prefix created in Redis, NATS and RabbitMQ (best effort).
+pub async fn cleanup(names: Names) {
+    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let mut cursor: u64 = 0;
+            loop {
+                let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(names.redis_pattern())
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await;
+                let Ok((next, keys)) = r else { break };
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+    }
+    if let Ok(client) = async_nats::connect("127.0.0.1:4222").await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(names.beats_stream()).await;
+    }
+    if let Ok(conn) = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(names.alerts_queue().as_str().into(), Default::default())
+                .await;
+            let _ = ch
+                .exchange_delete(names.alerts_exchange().as_str().into(), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "cleanup".into()).await;
+    }
+}
+
+/// A webhook receiver: records every POST body; answers with the configured
+/// statuses in turn (then 200).
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its URL.
+    pub url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    /// Starts a receiver on port 0 that answers 200.
+    pub async fn start() -> Self {
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (l, addr) = listener().await;
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(r): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
+                        r.lock().expect("receiver lock").push(body);
+                        (StatusCode::OK, "ok")
+                    },
+                ),
+            )
+            .with_state(received.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        Self {
+            url: format!("http://{addr}/hook"),
+            received,
+        }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.received.lock().expect("receiver lock").clone()
+    }
+
+    /// Alerts received with this `event` (e.g. `monitor.down`).
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    /// Waits until `n` alerts with `event` were received; returns them.
+    pub async fn wait_events(&self, event: &str, n: usize, limit: Duration) -> Vec<Value> {
+        let what = format!("{n} {event} alert(s)");
+        wait_for(limit, &what, || {
+            let got = self.events(event);
+            async move { (got.len() >= n).then_some(got) }
+        })
+        .await
+    }
+}

@@ -1,1 +1,16 @@
-fn main() {}
+//! `lifeline-evaluator`: reads configuration, binds the ops port, runs until a signal.
+
+use anyhow::Context as _;
+use lifeline_evaluator::{Config, run};
+use lifeline_shared::{config, http::shutdown_on_signal, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let config = Config::from_env()?;
+    let addr = config::string("LIFELINE_EVALUATOR_ADDR", "127.0.0.1:8082");
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding LIFELINE_EVALUATOR_ADDR={addr}"))?;
+    run(config, listener, shutdown_on_signal()).await
+}

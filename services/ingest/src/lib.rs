@@ -1,1 +1,119 @@
-//! placeholder
+//! Lifeline ingest: the push endpoint.
+//!
+//! `GET|POST /api/push/{token}` resolves the token to a monitor, publishes
+//! one [`BeatEvent`](lifeline_shared::model::BeatEvent) to NATS JetStream and
+//! answers 200 only once JetStream acknowledged it (invariant 1). When NATS
+//! or Redis is unreachable it answers 503 so the client retries
+//! (invariant 2); a refused request publishes nothing (invariant 7).
+//! Stateless: run any number of replicas behind a load balancer.
+
+mod config;
+mod error;
+mod push;
+mod tokens;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::{Router, routing::get};
+use lifeline_shared::{http, nats, store::Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Shared state of the request handlers.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    nats: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    tokens: tokens::TokenCache,
+}
+
+/// Connects to the brokers (lazily: the service starts while they are down)
+/// and builds the router.
+pub async fn build(config: Config) -> anyhow::Result<Router> {
+    let store = Store::open(
+        &config.common.redis_url,
+        config.common.names.clone(),
+        Default::default(),
+    )
+    .context("opening redis")?;
+    let client = nats::connect(&config.common.nats_url)
+        .await
+        .context("connecting to nats")?;
+    let js = async_nats::jetstream::new(client.clone());
+    let names = config.common.names.clone();
+    let js_setup = js.clone();
+    // The stream may not be creatable yet (NATS down): keep trying in the
+    // background; publishes answer 503 until it exists.
+    tokio::spawn(async move {
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match nats::ensure_beats_stream(&js_setup, &names).await {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "beats stream not ready, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    let tokens = tokens::TokenCache::new(config.token_cache_ttl);
+    let state = AppState {
+        inner: Arc::new(Inner {
+            config,
+            store,
+            nats: client,
+            js,
+            tokens,
+        }),
+    };
+    Ok(router(state))
+}
+
+fn router(state: AppState) -> Router {
+    let ready_state = state.clone();
+    let ready: http::ReadyCheck = Arc::new(move || {
+        let s = ready_state.clone();
+        Box::pin(async move {
+            let nats = match s.inner.nats.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                other => Err(format!("{other:?}").to_lowercase()),
+            };
+            vec![
+                ("nats", nats),
+                (
+                    "redis",
+                    s.inner.store.ping().await.map_err(|e| e.to_string()),
+                ),
+            ]
+        })
+    });
+    Router::new()
+        .route("/api/push/{token}", get(push::push).post(push::push))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+        .merge(http::ops_router(ready))
+}
+
+/// Serves ingest on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let app = build(config).await?;
+    tracing::info!(%addr, "ingest listening");
+    http::serve(listener, app, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Evaluator configuration.
+
+use std::time::Duration;
+
+use lifeline_shared::{
+    config::{self, Common, ConfigError},
+    store::Caps,
+};
+
+/// Evaluator settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Broker URLs and prefix.
+    pub common: Common,
+    /// `LIFELINE_TICK_MS`, default 200: how often passed deadlines are
+    /// looked for. A deadline is detected at most this long after it passed
+    /// (plus the time to write the change).
+    pub tick: std::time::Duration,
+    /// `LIFELINE_HISTORY_BEATS` (default 100) and `LIFELINE_HISTORY_EVENTS`
+    /// (default 1000): history kept per monitor.
+    pub caps: Caps,
+    /// Beats are applied by this many parallel lanes; one monitor always
+    /// maps to the same lane, so its beats apply in order. Default 64.
+    pub lanes: usize,
+    /// How often the outbox is swept for alert jobs whose publication was
+    /// interrupted (a crash, RabbitMQ down). Default 5 s.
+    pub sweep_every: Duration,
+}
+
+impl Config {
+    /// Reads the `LIFELINE_*` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let tick: u64 = config::parse("LIFELINE_TICK_MS", 200)?;
+        if !(10..=1000).contains(&tick) {
+            return Err(ConfigError {
+                name: "LIFELINE_TICK_MS",
+                reason: "must be between 10 and 1000".into(),
+            });
+        }
+        Ok(Self {
+            common: Common::from_env()?,
+            tick: Duration::from_millis(tick),
+            caps: Caps {
+                beats: config::parse("LIFELINE_HISTORY_BEATS", 100)?,
+                events: config::parse("LIFELINE_HISTORY_EVENTS", 1000)?,
+            },
+            lanes: 64,
+            sweep_every: Duration::from_secs(5),
+        })
+    }
+
+    /// Defaults against the local brokers, with `prefix` (tests).
+    pub fn local(prefix: &str) -> Self {
+        Self {
+            common: Common::local(prefix),
+            tick: Duration::from_millis(200),
+            caps: Caps::default(),
+            lanes: 64,
+            sweep_every: Duration::from_secs(5),
+        }
+    }
+}

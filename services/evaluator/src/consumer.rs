@@ -1,0 +1,200 @@
+//! Applying beat events from JetStream.
+//!
+//! All replicas pull from one durable consumer with explicit acks. Each beat
+//! is routed to a lane by its monitor id, so one monitor's beats are applied
+//! in order by one task, while many monitors proceed in parallel. A beat is
+//! acknowledged only after its outcome (state, deadline, history, alert
+//! jobs) is committed to Redis; a crash before the ack means a redelivery,
+//! which the state machine recognises by its stream sequence (invariants 1,
+//! 3, 5).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt as _;
+use lifeline_shared::{
+    model::{AlertJob, BeatEvent, BeatRecord},
+    names::Names,
+    nats,
+    state::Input,
+    store::Store,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Beats held in one lane's queue.
+const LANE_QUEUE: usize = 256;
+
+/// Unacknowledged beats the consumer may hold across all replicas.
+const MAX_ACK_PENDING: i64 = 8192;
+
+/// Consumes beats until `shutdown`, reconnecting after failures.
+pub(crate) async fn run(
+    js: jetstream::Context,
+    store: Store,
+    names: Names,
+    lanes: usize,
+    jobs: mpsc::Sender<AlertJob>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume(&js, &store, &names, lanes, &jobs, &shutdown).await {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "beat consumer interrupted; restarting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The durable consumer's configuration.
+fn consumer_config(names: &Names) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names.evaluator_consumer()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    }
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    store: &Store,
+    names: &Names,
+    lanes: usize,
+    jobs: &mpsc::Sender<AlertJob>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = nats::ensure_beats_stream(js, names)
+        .await
+        .context("beats stream")?;
+    let consumer = stream
+        .get_or_create_consumer(&names.evaluator_consumer(), consumer_config(names))
+        .await
+        .context("beats consumer")?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(500)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .context("pulling beats")?;
+    tracing::info!(consumer = %names.evaluator_consumer(), "consuming beats");
+
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = Vec::with_capacity(lanes);
+    for _ in 0..lanes.max(1) {
+        let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        senders.push(tx);
+        workers.push(tokio::spawn(lane(
+            rx,
+            store.clone(),
+            jobs.clone(),
+            shutdown.clone(),
+        )));
+    }
+
+    let result = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = messages.next() => next,
+        };
+        let msg = match next {
+            None => break Err(anyhow::anyhow!("beat stream ended")),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "error while pulling beats");
+                continue;
+            }
+            Some(Ok(msg)) => msg,
+        };
+        let event: BeatEvent = match serde_json::from_slice(&msg.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(subject = %msg.subject, %error, "malformed beat event dropped from the stream");
+                metrics::counter!("lifeline_evaluator_beats_total", "result" => "malformed")
+                    .increment(1);
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let lane = usize::from(lifeline_shared::names::shard_of(&event.monitor_id)) % senders.len();
+        if senders[lane].send((msg, event)).await.is_err() {
+            break Err(anyhow::anyhow!("beat lane stopped"));
+        }
+    };
+    // Let every lane finish (and acknowledge) what it holds.
+    drop(senders);
+    for w in workers {
+        let _ = w.await;
+    }
+    result
+}
+
+/// Applies the beats of its monitors in order; acknowledges each once committed.
+async fn lane(
+    mut rx: mpsc::Receiver<(jetstream::Message, BeatEvent)>,
+    store: Store,
+    jobs: mpsc::Sender<AlertJob>,
+    shutdown: CancellationToken,
+) {
+    while let Some((msg, event)) = rx.recv().await {
+        let seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
+            Err(error) => {
+                tracing::error!(%error, "beat without stream metadata; leaving it for redelivery");
+                continue;
+            }
+        };
+        let beat = BeatRecord {
+            seq,
+            at: event.at,
+            status: event.status,
+            msg: event.msg,
+            msg_truncated: event.msg_truncated,
+            value: event.value,
+            late: false,
+        };
+        let mut delay = Duration::from_millis(100);
+        let applied = loop {
+            match store
+                .apply(&event.monitor_id, Input::Beat(&beat), None)
+                .await
+            {
+                Ok(applied) => break Some(applied),
+                Err(error) => {
+                    tracing::warn!(monitor.id = %event.monitor_id, %error, "beat not applied; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        // Shut down before the beat could be applied: leave it unacknowledged
+        // so it is redelivered.
+        let Some(applied) = applied else { continue };
+        let result = match &applied {
+            Some(a) => format!("{:?}", a.outcome.beat).to_lowercase(),
+            None => "unknown_monitor".to_owned(),
+        };
+        metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
+        for job in applied.into_iter().flat_map(|a| a.jobs) {
+            let _ = jobs.send(job).await;
+        }
+        if let Err(error) = msg.ack().await {
+            tracing::warn!(%error, "beat applied but not acknowledged; its redelivery will be ignored");
+        }
+    }
+}

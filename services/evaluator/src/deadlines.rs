@@ -1,0 +1,91 @@
+//! Firing passed deadlines.
+//!
+//! Every tick, one pipelined read of all deadline shards lists the monitors
+//! whose deadline is at or before now; each goes through the state machine
+//! as a `Tick`. Deadlines live in Redis, not in the process, so one that
+//! passed while every evaluator was stopped is fired by the first tick after
+//! a start (invariant 4). Replicas may tick the same monitor at once: the
+//! version check lets only one write the change.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use lifeline_shared::{model::AlertJob, state::Input, store::Store, time::now_ms};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Due monitors read per shard and tick.
+const DUE_PER_SHARD: usize = 1000;
+
+/// Due monitors evaluated at once.
+const CONCURRENCY: usize = 32;
+
+/// Fires passed deadlines every `tick` until `shutdown`.
+pub(crate) async fn run(
+    store: Store,
+    tick: Duration,
+    jobs: mpsc::Sender<AlertJob>,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let now = now_ms();
+        let due = match store.due_all(now, DUE_PER_SHARD).await {
+            Ok(due) => {
+                if failing {
+                    tracing::info!("deadline index readable again");
+                    failing = false;
+                }
+                due
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot read deadlines; retrying every tick");
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        futures::stream::iter(due)
+            .for_each_concurrent(CONCURRENCY, |id| {
+                let (store, jobs) = (store.clone(), jobs.clone());
+                async move { fire(&store, &id, now, &jobs).await }
+            })
+            .await;
+    }
+}
+
+async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) {
+    match store.apply(id, Input::Tick { now }, None).await {
+        Ok(Some(applied)) => {
+            if let Some(deadline) = applied
+                .before
+                .state
+                .deadline
+                .filter(|_| !applied.jobs.is_empty())
+            {
+                metrics::histogram!("lifeline_evaluator_detection_delay_seconds")
+                    .record((now - deadline).max(0) as f64 / 1000.0);
+            }
+            if applied.outcome.changes.is_empty() && applied.outcome.state.deadline.is_none() {
+                // Indexed without a deadline (should not happen): unindex.
+                let _ = store.forget_deadline(id).await;
+            }
+            for job in applied.jobs {
+                let _ = jobs.send(job).await;
+            }
+        }
+        Ok(None) => {
+            let _ = store.forget_deadline(id).await;
+        }
+        Err(error) => {
+            tracing::warn!(monitor.id = %id, %error, "deadline not evaluated; retrying next tick")
+        }
+    }
+}
