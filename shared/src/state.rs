@@ -155,10 +155,10 @@ impl Stepper<'_> {
 
     /// Fires the deadline if it passed at or before `now`.
     fn fire_deadline(&mut self, now: i64) {
-        if let (Status::Up, Some(deadline)) = (self.s.status, self.s.deadline) {
-            if deadline <= now {
-                self.change(Status::Down, Reason::Timeout, deadline, None);
-            }
+        if let (Status::Up, Some(deadline)) = (self.s.status, self.s.deadline)
+            && deadline <= now
+        {
+            self.change(Status::Down, Reason::Timeout, deadline, None);
         }
     }
 }
