@@ -69,6 +69,8 @@ pub struct Commit<'a> {
 pub struct Applied {
     /// The monitor as read before the step.
     pub before: Monitor,
+    /// The settings in force after the step.
+    pub cfg: MonitorConfig,
     /// The step's outcome (already written).
     pub outcome: Outcome,
     /// Alert jobs written to the outbox, to publish now.
@@ -332,20 +334,30 @@ impl Store {
     }
 
     /// Runs one state-machine step on a monitor and writes its outcome,
-    /// re-reading and recomputing on a version conflict. `new_cfg` replaces
-    /// the settings in the same write (the step then sees the new timeout).
-    /// Returns `None` when the monitor does not exist.
-    pub async fn apply(
+    /// re-reading and recomputing on a version conflict. Returns `None` when
+    /// the monitor does not exist.
+    pub async fn apply(&self, id: &str, input: Input<'_>) -> Result<Option<Applied>> {
+        self.apply_with(id, input, |_| None).await
+    }
+
+    /// [`Store::apply`] that may also replace the settings in the same write:
+    /// `patch` gets each attempt's freshly read settings and returns the new
+    /// ones (or `None` to keep them), and the step sees the new timeout.
+    /// Deriving the patch from the fresh read means concurrent edits (say a
+    /// token rotation and a rename) never overwrite each other with stale
+    /// settings.
+    pub async fn apply_with(
         &self,
         id: &str,
         input: Input<'_>,
-        new_cfg: Option<&MonitorConfig>,
+        patch: impl Fn(&MonitorConfig) -> Option<MonitorConfig>,
     ) -> Result<Option<Applied>> {
         loop {
             let Some(before) = self.monitor(id).await? else {
                 return Ok(None);
             };
-            let cfg = new_cfg.unwrap_or(&before.cfg);
+            let new_cfg = patch(&before.cfg).filter(|c| *c != before.cfg);
+            let cfg = new_cfg.as_ref().unwrap_or(&before.cfg);
             let outcome = step(id, &before.state, i64::from(cfg.timeout) * 1000, input);
             let beat = match (input, outcome.beat) {
                 (Input::Beat(b), BeatDisposition::Applied) => Some(b),
@@ -355,18 +367,19 @@ impl Store {
                 }
                 _ => None,
             };
-            let unchanged = outcome.state == before.state && new_cfg.is_none() && beat.is_none();
-            if unchanged {
+            let cfg = cfg.clone();
+            if outcome.state == before.state && new_cfg.is_none() && beat.is_none() {
                 return Ok(Some(Applied {
                     before,
+                    cfg,
                     outcome,
                     jobs: Vec::new(),
                 }));
             }
-            let jobs: Vec<AlertJob> = outcome.alerts.iter().map(|a| a.to_job(id, cfg)).collect();
+            let jobs: Vec<AlertJob> = outcome.alerts.iter().map(|a| a.to_job(id, &cfg)).collect();
             let commit = Commit {
                 state: &outcome.state,
-                cfg: new_cfg,
+                cfg: new_cfg.as_ref(),
                 beat,
                 changes: &outcome.changes,
                 alerts: &jobs,
@@ -375,6 +388,7 @@ impl Store {
                 CommitResult::Committed => {
                     return Ok(Some(Applied {
                         before,
+                        cfg,
                         outcome,
                         jobs,
                     }));

@@ -279,28 +279,28 @@ impl Drop for Stack {
 
 /// Removes everything a prefix created in Redis, NATS and RabbitMQ (best effort).
 pub async fn cleanup(names: Names) {
-    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let mut cursor: u64 = 0;
-            loop {
-                let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(names.redis_pattern())
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await;
-                let Ok((next, keys)) = r else { break };
-                if !keys.is_empty() {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let mut cursor: u64 = 0;
+        loop {
+            let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(names.redis_pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await;
+            let Ok((next, keys)) = r else { break };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     if let Ok(client) = async_nats::connect("127.0.0.1:4222").await {

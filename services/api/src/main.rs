@@ -1,1 +1,17 @@
-fn main() {}
+//! `lifeline-api`: reads its configuration, binds `LIFELINE_API_ADDR`
+//! (default `127.0.0.1:8081`) and serves the management API until SIGINT or
+//! SIGTERM.
+
+use std::net::SocketAddr;
+
+use lifeline_api::{Config, run};
+use lifeline_shared::{config, http::shutdown_on_signal, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let config = Config::from_env()?;
+    let addr: SocketAddr = config::parse("LIFELINE_API_ADDR", ([127, 0, 0, 1], 8081).into())?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    run(config, listener, shutdown_on_signal()).await
+}

@@ -167,10 +167,7 @@ async fn lane(
         };
         let mut delay = Duration::from_millis(100);
         let applied = loop {
-            match store
-                .apply(&event.monitor_id, Input::Beat(&beat), None)
-                .await
-            {
+            match store.apply(&event.monitor_id, Input::Beat(&beat)).await {
                 Ok(applied) => break Some(applied),
                 Err(error) => {
                     tracing::warn!(monitor.id = %event.monitor_id, %error, "beat not applied; retrying");

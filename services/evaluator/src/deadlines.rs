@@ -62,7 +62,7 @@ pub(crate) async fn run(
 }
 
 async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) {
-    match store.apply(id, Input::Tick { now }, None).await {
+    match store.apply(id, Input::Tick { now }).await {
         Ok(Some(applied)) => {
             if let Some(deadline) = applied
                 .before

@@ -1,0 +1,214 @@
+//! The API's one error type and how it renders (invariant 7: bad input gets a
+//! clear 4xx with a JSON body).
+//!
+//! Every refusal is JSON: `{"error": "...", "field": "timeout"}` where a
+//! field is to blame, `{"error": "monitor not found"}` for an unknown id.
+//! Redis being unreachable is a 503 `{"error": "storage unavailable"}` (the
+//! caller may retry); anything else unexpected is an opaque 500. Both are
+//! logged here, once, with the cause; 4xx are the caller's business and are
+//! not logged.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use lifeline_shared::store::StoreError;
+use redis::{ErrorKind, ServerErrorKind};
+use serde_json::{Map, Value, json};
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No API key, or the wrong one (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The body or query cannot be read at all (400).
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// The query parameter or field to blame, if any.
+        field: Option<String>,
+    },
+    /// A well-formed body with an invalid field (422).
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+        /// The field to blame.
+        field: String,
+    },
+    /// No such monitor, channel, alert or route (404).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The route exists but not for this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The channel is still used by these monitors (409).
+    #[error("{message}")]
+    InUse {
+        /// What is wrong.
+        message: String,
+        /// Ids of the monitors using the channel.
+        monitors: Vec<String>,
+    },
+    /// The body exceeds the size limit (413).
+    #[error("request body too large")]
+    TooLarge,
+    /// Redis unreachable or not serving (503).
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] StoreError),
+    /// Anything else (500, details logged only).
+    #[error("internal error: {0}")]
+    Internal(#[source] StoreError),
+}
+
+impl ApiError {
+    /// A 422 naming `field`.
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: message.into(),
+            field: field.into(),
+        }
+    }
+
+    /// A 400 about the request as a whole.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 400 naming a query parameter.
+    pub(crate) fn bad_param(field: &str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InUse { .. } => StatusCode::CONFLICT,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Whether a Redis error means "Redis cannot serve right now" rather than a bug.
+fn unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Redis(r) if unavailable(r) => Self::Unavailable(e),
+            _ => Self::Internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = Map::new();
+        match &self {
+            Self::Unavailable(e) => {
+                tracing::warn!(error = %e, "storage unavailable, answering 503");
+                body.insert("error".into(), json!("storage unavailable"));
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = %e, "request failed, answering 500");
+                body.insert("error".into(), json!("internal error"));
+            }
+            Self::BadRequest { message, field } => {
+                body.insert("error".into(), json!(message));
+                if let Some(field) = field {
+                    body.insert("field".into(), json!(field));
+                }
+            }
+            Self::Invalid { message, field } => {
+                body.insert("error".into(), json!(message));
+                body.insert("field".into(), json!(field));
+            }
+            Self::InUse { message, monitors } => {
+                body.insert("error".into(), json!(message));
+                body.insert("monitors".into(), json!(monitors));
+            }
+            other => {
+                body.insert("error".into(), json!(other.to_string()));
+            }
+        }
+        let mut response = (status, Json(Value::Object(body))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+
+    use super::*;
+
+    async fn render(e: ApiError) -> (StatusCode, Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn renders_json_bodies() {
+        let (s, v) = render(ApiError::invalid("timeout", "bad")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(v, json!({"error": "bad", "field": "timeout"}));
+
+        let (s, v) = render(ApiError::NotFound("monitor not found")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(v, json!({"error": "monitor not found"}));
+
+        let io =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let (s, v) = render(StoreError::Redis(io).into()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v, json!({"error": "storage unavailable"}));
+
+        let corrupt = StoreError::Corrupt {
+            key: "k".into(),
+            error: serde_json::from_str::<Value>("{").unwrap_err(),
+        };
+        let (s, v) = render(corrupt.into()).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v, json!({"error": "internal error"}));
+    }
+}
