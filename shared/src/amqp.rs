@@ -1,9 +1,18 @@
-//! RabbitMQ topology and the alert publisher.
+//! RabbitMQ topology and a publisher with confirms.
 //!
-//! Alert jobs go to a durable direct exchange and a durable queue, as
-//! persistent messages with publisher confirms and `mandatory`, so a job is
-//! taken off the evaluator's outbox only once RabbitMQ has it on disk
-//! (invariant 6 starts here).
+//! Queues (all durable, messages persistent):
+//! * `P.alerts`, bound to the direct exchange `P.alerts`: alert jobs from
+//!   the evaluator;
+//! * `P.deliveries`: one delivery job per (alert, channel), from the
+//!   notifier's fan-out;
+//! * `P.retry.<ms>`: delay queues — a job waits there `<ms>` (per-queue TTL),
+//!   then is dead-lettered back to `P.deliveries`; retries never hold a
+//!   consumer;
+//! * `P.dead`: deliveries that failed for good.
+//!
+//! Every publish waits for the broker's confirm and is `mandatory`, so a
+//! message is dropped from its source (outbox, previous queue) only once
+//! RabbitMQ has it (invariant 6).
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
@@ -11,11 +20,14 @@ use lapin::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use tokio::sync::Mutex;
 
-use crate::{model::AlertJob, names::Names};
+use crate::{
+    model::{AlertJob, DeliveryJob},
+    names::Names,
+};
 
 /// Routing key of alert jobs.
 pub const ALERT_ROUTING_KEY: &str = "alert";
@@ -36,7 +48,8 @@ pub async fn connect(url: &str) -> Result<Connection, AmqpError> {
     Ok(Connection::connect(url, ConnectionProperties::default()).await?)
 }
 
-/// Declares the alert exchange and queue (idempotent).
+/// Declares the alert exchange and queue, the deliveries queue and the
+/// dead-letter queue (idempotent).
 pub async fn declare_alerts(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -49,12 +62,18 @@ pub async fn declare_alerts(ch: &Channel, names: &Names) -> Result<(), AmqpError
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(
-        names.alerts_queue().as_str().into(),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await?;
+    for queue in [
+        names.alerts_queue(),
+        names.deliveries_queue(),
+        names.dead_queue(),
+    ] {
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
     ch.queue_bind(
         names.alerts_queue().as_str().into(),
         names.alerts_exchange().as_str().into(),
@@ -66,15 +85,42 @@ pub async fn declare_alerts(ch: &Channel, names: &Names) -> Result<(), AmqpError
     Ok(())
 }
 
-/// Publishes alert jobs with confirms; reconnects on the next publish after
-/// any failure.
-pub struct AlertPublisher {
+/// Declares the delay queue of `delay_ms` (idempotent).
+pub async fn declare_retry_queue(
+    ch: &Channel,
+    names: &Names,
+    delay_ms: u64,
+) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongLongInt(delay_ms as i64),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(LongString::from(names.deliveries_queue().as_str())),
+    );
+    ch.queue_declare(
+        names.retry_queue(delay_ms).as_str().into(),
+        QueueDeclareOptions::durable(),
+        args,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes with confirms; reconnects on the next publish after any failure.
+pub struct Publisher {
     url: String,
     names: Names,
     inner: Mutex<Option<(Connection, Channel)>>,
 }
 
-impl AlertPublisher {
+impl Publisher {
     /// A publisher that connects on first use.
     pub fn new(url: &str, names: Names) -> Self {
         Self {
@@ -92,8 +138,15 @@ impl AlertPublisher {
         Ok((conn, ch))
     }
 
-    /// Publishes one job and waits for RabbitMQ's confirm.
-    pub async fn publish(&self, job: &AlertJob) -> Result<(), AmqpError> {
+    /// Publishes `body` (JSON) to `exchange` with `routing_key`, persistent
+    /// and mandatory, and waits for RabbitMQ's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<(), AmqpError> {
         let mut guard = self.inner.lock().await;
         if guard
             .as_ref()
@@ -102,21 +155,20 @@ impl AlertPublisher {
             *guard = Some(self.open().await?);
         }
         let (_, ch) = guard.as_ref().expect("opened above");
-        let body = serde_json::to_vec(job).expect("alert jobs serialize");
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(job.alert_id.as_str().into());
+            .with_message_id(message_id.into());
         let result = async {
             let confirm = ch
                 .basic_publish(
-                    self.names.alerts_exchange().as_str().into(),
-                    ALERT_ROUTING_KEY.into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &body,
+                    body,
                     props,
                 )
                 .await?
@@ -137,6 +189,25 @@ impl AlertPublisher {
             *guard = None;
         }
         result
+    }
+
+    /// Publishes an alert job to the alerts exchange.
+    pub async fn publish_alert(&self, job: &AlertJob) -> Result<(), AmqpError> {
+        let body = serde_json::to_vec(job).expect("alert jobs serialize");
+        self.publish(
+            &self.names.alerts_exchange(),
+            ALERT_ROUTING_KEY,
+            &body,
+            &job.alert_id,
+        )
+        .await
+    }
+
+    /// Publishes a delivery job straight to `queue` (deliveries, a delay
+    /// queue or the dead-letter queue).
+    pub async fn publish_delivery(&self, queue: &str, job: &DeliveryJob) -> Result<(), AmqpError> {
+        let body = serde_json::to_vec(job).expect("delivery jobs serialize");
+        self.publish("", queue, &body, &job.delivery_id).await
     }
 
     /// Whether RabbitMQ is reachable (connects if needed).

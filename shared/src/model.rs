@@ -103,6 +103,8 @@ pub enum Reason {
     Paused,
     /// Resumed through the API.
     Resumed,
+    /// A test alert sent through `POST /api/v1/channels/{id}/test`.
+    Test,
 }
 
 /// The kind of alert.
@@ -114,6 +116,9 @@ pub enum AlertEvent {
     /// The monitor recovered.
     #[serde(rename = "monitor.up")]
     Up,
+    /// A test alert, sent on request through one channel.
+    #[serde(rename = "test")]
+    Test,
 }
 
 impl AlertEvent {
@@ -122,6 +127,7 @@ impl AlertEvent {
         match self {
             Self::Down => "monitor.down",
             Self::Up => "monitor.up",
+            Self::Test => "test",
         }
     }
 }
@@ -254,11 +260,35 @@ pub struct AlertJob {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ChannelKind {
-    /// HTTP POST of the alert as JSON.
+    /// HTTP POST of the alert as JSON, signed per Standard Webhooks.
     Webhook {
         /// Receiver URL (http or https).
         url: String,
+        /// Signing secret `whsec_<base64>`; shown only when created or rotated.
+        #[serde(default)]
+        secret: String,
     },
+    /// An email through the configured SMTP server.
+    Email {
+        /// Recipients.
+        to: Vec<String>,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// The incoming-webhook URL.
+        url: String,
+    },
+}
+
+impl ChannelKind {
+    /// `webhook`, `email` or `slack`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Webhook { .. } => "webhook",
+            Self::Email { .. } => "email",
+            Self::Slack { .. } => "slack",
+        }
+    }
 }
 
 /// An alert channel.
@@ -275,10 +305,86 @@ pub struct Channel {
     pub created_at: i64,
 }
 
+/// One delivery: one alert to one channel. Travels on RabbitMQ between the
+/// notifier's fan-out, its delivery consumers, the delay queues and the
+/// dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    /// Wire version.
+    pub v: u8,
+    /// Stable id of this delivery, the same on every attempt: sent as
+    /// `webhook-id`, so receivers can drop duplicates.
+    pub delivery_id: String,
+    /// The channel to deliver to.
+    pub channel_id: String,
+    /// Attempts made so far.
+    pub attempt: u32,
+    /// A test alert: one attempt, no retries.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub test: bool,
+    /// The alert.
+    pub alert: AlertJob,
+}
+
+impl DeliveryJob {
+    /// The first-attempt job delivering `alert` to `channel_id`.
+    pub fn new(alert: AlertJob, channel_id: &str) -> Self {
+        Self {
+            v: WIRE_VERSION,
+            delivery_id: format!("msg_{}_{channel_id}", alert.alert_id),
+            channel_id: channel_id.to_owned(),
+            attempt: 0,
+            test: false,
+            alert,
+        }
+    }
+}
+
+/// How one delivery attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Delivered.
+    Succeeded,
+    /// Failed for now; retried at `next_retry_at`.
+    Retrying,
+    /// Failed for good (permanent error or schedule exhausted): dead-lettered.
+    Failed,
+}
+
+/// One delivery attempt, as kept in an alert's attempt log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the attempt ended (ms).
+    pub at: i64,
+    /// The channel.
+    pub channel_id: String,
+    /// `webhook`, `email` or `slack`.
+    pub channel_type: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// HTTP status received, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// SMTP reply received, if any (e.g. `250 2.0.0 Ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_reply: Option<String>,
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the next attempt is due (ms), for `retrying`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<i64>,
+    /// How long the attempt took.
+    pub duration_ms: u64,
+}
+
 /// The outcome of delivering one alert to one channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
-    /// `succeeded` or `failed`.
+    /// `pending`, `retrying`, `succeeded` or `failed`.
     pub outcome: String,
     /// Attempts made.
     pub attempts: u32,
@@ -290,6 +396,9 @@ pub struct DeliveryRecord {
     /// Error text of the last failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the next attempt is due (ms), while `retrying`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<i64>,
 }
 
 #[cfg(test)]
@@ -326,6 +435,7 @@ mod tests {
             name: "ops".into(),
             kind: ChannelKind::Webhook {
                 url: "http://x".into(),
+                secret: "whsec_x".into(),
             },
             created_at: 1,
         };

@@ -19,6 +19,9 @@
 //! | `P:channel:<id>` | string | channel JSON |
 //! | `P:channels` | sorted set | channel ids by creation time |
 //! | `P:delivery:<alert id>` | hash | channel id → delivery record JSON |
+//! | `P:attempts:<alert id>` | list | every delivery attempt of the alert |
+//! | `P:claim:<delivery id>` | string | the notifier attempting a delivery (expires) |
+//! | `P:rate:<sha256>` | string | a destination's rate-limit slot (expires) |
 
 /// Number of deadline shards. Fixed: changing it moves every monitor.
 pub const SHARDS: u16 = 256;
@@ -98,6 +101,22 @@ impl Names {
         format!("{}.alerts", self.prefix)
     }
 
+    /// Durable queue of delivery jobs (one per alert and channel).
+    pub fn deliveries_queue(&self) -> String {
+        format!("{}.deliveries", self.prefix)
+    }
+
+    /// Delay queue holding delivery jobs for `delay_ms` before they return
+    /// to the deliveries queue (per-queue TTL with dead-lettering).
+    pub fn retry_queue(&self, delay_ms: u64) -> String {
+        format!("{}.retry.{delay_ms}", self.prefix)
+    }
+
+    /// Dead-letter queue of deliveries that failed for good.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
     // --- Redis ---
 
     fn tag(shard: u16) -> String {
@@ -152,6 +171,21 @@ impl Names {
     /// Delivery records of one alert, by channel id.
     pub fn delivery(&self, alert_id: &str) -> String {
         format!("{}:delivery:{alert_id}", self.prefix)
+    }
+
+    /// Attempt log of one alert (every attempt on every channel).
+    pub fn attempts(&self, alert_id: &str) -> String {
+        format!("{}:attempts:{alert_id}", self.prefix)
+    }
+
+    /// Claim on a delivery, held by the notifier attempting it.
+    pub fn delivery_claim(&self, delivery_id: &str) -> String {
+        format!("{}:claim:{delivery_id}", self.prefix)
+    }
+
+    /// Rate-limit slot of a destination (e.g. one Slack webhook URL).
+    pub fn rate_slot(&self, destination_hash: &str) -> String {
+        format!("{}:rate:{destination_hash}", self.prefix)
     }
 
     /// Pattern matching every Redis key of this prefix (test clean-up only).

@@ -746,6 +746,7 @@ async fn history_is_newest_first_with_deliveries() {
         at: t + 3000,
         http_status: Some(200),
         error: None,
+        next_retry_at: None,
     };
     app.store.put_delivery(&alert_id, &ch, &rec).await.unwrap();
 

@@ -22,7 +22,7 @@ mod outbox;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use lifeline_shared::{amqp::AlertPublisher, http, nats, store::Store};
+use lifeline_shared::{amqp::Publisher, http, nats, store::Store};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,7 @@ pub async fn run(
         .await
         .context("connecting to nats")?;
     let js = async_nats::jetstream::new(client.clone());
-    let publisher = Arc::new(AlertPublisher::new(&config.common.amqp_url, names.clone()));
+    let publisher = Arc::new(Publisher::new(&config.common.amqp_url, names.clone()));
 
     let ready: http::ReadyCheck = {
         let (store, client, publisher) = (store.clone(), client.clone(), publisher.clone());

@@ -10,15 +10,15 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use lifeline_shared::{amqp::AlertPublisher, model::AlertJob, store::Store};
+use lifeline_shared::{amqp::Publisher, model::AlertJob, store::Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait for one publish and its confirm.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn publish(publisher: &AlertPublisher, store: &Store, job: &AlertJob) -> bool {
-    let result = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(job)).await;
+async fn publish(publisher: &Publisher, store: &Store, job: &AlertJob) -> bool {
+    let result = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_alert(job)).await;
     match result {
         Ok(Ok(())) => {
             metrics::counter!("lifeline_evaluator_alerts_published_total", "event" => job.event.as_str()).increment(1);
@@ -40,7 +40,7 @@ async fn publish(publisher: &AlertPublisher, store: &Store, job: &AlertJob) -> b
 
 /// Publishes jobs as state changes produce them, until every sender is gone.
 pub(crate) async fn relay(
-    publisher: Arc<AlertPublisher>,
+    publisher: Arc<Publisher>,
     store: Store,
     mut jobs: mpsc::Receiver<AlertJob>,
 ) {
@@ -62,7 +62,7 @@ fn change_number(alert_id: &str) -> u64 {
 /// Every `every`, republishes jobs that were already in the outbox at the
 /// previous sweep (so a job the relay is publishing right now is left alone).
 pub(crate) async fn sweep(
-    publisher: Arc<AlertPublisher>,
+    publisher: Arc<Publisher>,
     store: Store,
     every: Duration,
     shutdown: CancellationToken,

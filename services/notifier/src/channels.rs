@@ -51,9 +51,7 @@ impl SendError {
 
 /// The label of a channel type in logs and metrics (`webhook`).
 pub(crate) fn kind_label(kind: &ChannelKind) -> &'static str {
-    match kind {
-        ChannelKind::Webhook { .. } => "webhook",
-    }
+    kind.label()
 }
 
 /// One client per channel type, shared by every delivery of this process.
@@ -72,7 +70,11 @@ impl Channels {
     /// Makes one attempt to deliver `job` to `channel`.
     pub(crate) async fn send(&self, channel: &Channel, job: &AlertJob) -> Result<Sent, SendError> {
         match &channel.kind {
-            ChannelKind::Webhook { url } => self.webhook.send(url, job).await,
+            ChannelKind::Webhook { url, .. } => self.webhook.send(url, job).await,
+            other => Err(SendError::Invalid(format!(
+                "{} channels are not supported by this notifier",
+                other.label()
+            ))),
         }
     }
 }

@@ -199,6 +199,7 @@ impl Dispatcher {
                         at,
                         http_status: sent.http_status,
                         error: None,
+                        next_retry_at: None,
                     };
                 }
                 Err(e) => e,
@@ -233,6 +234,7 @@ impl Dispatcher {
                 at,
                 http_status: error.http_status(),
                 error: Some(error.to_string()),
+                next_retry_at: None,
             };
         }
     }
@@ -247,6 +249,7 @@ fn not_delivered(error: &str) -> DeliveryRecord {
         at: now_ms(),
         http_status: None,
         error: Some(error.to_owned()),
+        next_retry_at: None,
     }
 }
 

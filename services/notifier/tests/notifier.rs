@@ -31,7 +31,7 @@ use lapin::{
 };
 use lifeline_notifier::{Config, run};
 use lifeline_shared::{
-    amqp::{ALERT_ROUTING_KEY, AlertPublisher},
+    amqp::{ALERT_ROUTING_KEY, Publisher},
     model::{AlertEvent, AlertJob, Channel, ChannelKind, DeliveryRecord, MonitorRef, Reason},
     names::Names,
     store::{Caps, Store},
@@ -149,7 +149,7 @@ async fn receive(
 struct Harness {
     names: Names,
     store: Store,
-    publisher: AlertPublisher,
+    publisher: Publisher,
     ops: SocketAddr,
     shutdown: CancellationToken,
     service: Option<JoinHandle<anyhow::Result<()>>>,
@@ -175,7 +175,7 @@ impl Harness {
     async fn start_with(config: Config) -> Self {
         let names = config.common.names.clone();
         let store = Store::open(REDIS_URL, names.clone(), Caps::default()).unwrap();
-        let publisher = AlertPublisher::new(AMQP_URL, names.clone());
+        let publisher = Publisher::new(AMQP_URL, names.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -205,7 +205,10 @@ impl Harness {
         let c = Channel {
             id: new_id(),
             name: "test".into(),
-            kind: ChannelKind::Webhook { url: url.into() },
+            kind: ChannelKind::Webhook {
+                url: url.into(),
+                secret: String::new(),
+            },
             created_at: 1,
         };
         self.store.put_channel(&c).await.unwrap();
@@ -213,7 +216,7 @@ impl Harness {
     }
 
     async fn publish(&self, job: &AlertJob) {
-        self.publisher.publish(job).await.unwrap();
+        self.publisher.publish_alert(job).await.unwrap();
     }
 
     async fn record(&self, job: &AlertJob, channel_id: &str) -> DeliveryRecord {
@@ -448,6 +451,7 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
         name: "gone".into(),
         kind: ChannelKind::Webhook {
             url: rx.url("missing"),
+            secret: String::new(),
         },
         created_at: 1,
     };

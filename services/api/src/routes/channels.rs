@@ -43,8 +43,10 @@ pub(crate) struct ChannelView {
 
 impl From<Channel> for ChannelView {
     fn from(c: Channel) -> Self {
-        let (kind, url) = match c.kind {
-            ChannelKind::Webhook { url } => ("webhook", url),
+        let kind = c.kind.label();
+        let url = match c.kind {
+            ChannelKind::Webhook { url, .. } | ChannelKind::Slack { url } => url,
+            ChannelKind::Email { .. } => String::new(),
         };
         Self {
             id: c.id,
@@ -113,7 +115,10 @@ pub(crate) async fn create(
     let channel = Channel {
         id: token::new_id(),
         name,
-        kind: ChannelKind::Webhook { url },
+        kind: ChannelKind::Webhook {
+            url,
+            secret: String::new(),
+        },
         created_at: now_ms(),
     };
     app.store.put_channel(&channel).await?;
