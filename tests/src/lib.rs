@@ -4,6 +4,8 @@
 //! Everything a stack created (Redis keys, the JetStream stream, RabbitMQ
 //! queues) is removed when it is dropped.
 
+pub mod procs;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -60,22 +62,163 @@ async fn listener() -> (TcpListener, SocketAddr) {
     (l, addr)
 }
 
-/// The four services under one prefix.
-pub struct Stack {
-    /// The prefix of every broker name this stack uses.
+/// HTTP access to a running Lifeline: the API (authenticated) and ingest
+/// (pushes go round-robin over every ingest replica).
+pub struct Client {
+    /// The prefix of every broker name the stack uses.
     pub prefix: String,
-    /// Base URL of ingest, e.g. `http://127.0.0.1:41234`.
+    /// Base URL of the first ingest replica, e.g. `http://127.0.0.1:41234`.
     pub ingest_url: String,
+    /// Base URLs of every ingest replica.
+    pub ingest_urls: Vec<String>,
     /// Base URL of the API.
     pub api_url: String,
-    /// Ops base URL of the evaluator.
-    pub evaluator_url: String,
     /// HTTP client.
     pub http: reqwest::Client,
+    next_ingest: std::sync::atomic::AtomicUsize,
+}
+
+impl Client {
+    /// A client for the given URLs.
+    pub fn new(prefix: &str, ingest_urls: Vec<String>, api_url: String) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            ingest_url: ingest_urls[0].clone(),
+            ingest_urls,
+            api_url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            next_ingest: Default::default(),
+        }
+    }
+
+    /// The names the stack's services use.
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix).expect("valid prefix")
+    }
+
+    /// Waits until every URL answers `/readyz` with 200.
+    pub async fn wait_ready(&self, urls: &[String]) {
+        for url in urls {
+            let readyz = format!("{url}/readyz");
+            wait_for(Duration::from_secs(30), &readyz, || {
+                let (http, readyz) = (self.http.clone(), readyz.clone());
+                async move {
+                    let r = http.get(&readyz).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// An authenticated API request builder.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(API_KEY)
+    }
+
+    /// Creates a webhook channel; returns its id.
+    pub async fn webhook_channel(&self, url: &str) -> String {
+        self.channel(json!({"type": "webhook", "name": "ops", "url": url}))
+            .await["id"]
+            .as_str()
+            .expect("channel id")
+            .to_owned()
+    }
+
+    /// Creates a channel; returns its JSON.
+    pub async fn channel(&self, body: Value) -> Value {
+        let r = self
+            .api(reqwest::Method::POST, "/api/v1/channels")
+            .json(&body)
+            .send()
+            .await
+            .expect("create channel");
+        assert_eq!(r.status(), 201, "create channel {body}");
+        r.json().await.expect("channel json")
+    }
+
+    /// Creates a monitor; returns its JSON (with `id`, `token`, `push_url`).
+    pub async fn monitor(&self, name: &str, timeout: u64, channels: &[&str]) -> Value {
+        let r = self
+            .api(reqwest::Method::POST, "/api/v1/monitors")
+            .json(&json!({"name": name, "timeout": timeout, "channels": channels}))
+            .send()
+            .await
+            .expect("create monitor");
+        assert_eq!(r.status(), 201, "create monitor");
+        r.json().await.expect("monitor json")
+    }
+
+    /// GETs an API path and returns its JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self
+            .api(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("api get");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("json")
+    }
+
+    /// Pushes to `/api/push/{token}?{query}` by POST on the next ingest
+    /// replica; returns status and JSON body (status 0: no connection).
+    pub async fn push(&self, token: &str, query: &str) -> (u16, Value) {
+        let i = self
+            .next_ingest
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = &self.ingest_urls[i % self.ingest_urls.len()];
+        let mut url = format!("{base}/api/push/{token}");
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        match self.http.post(url).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Sequence number of the newest beat event in the stream (0 if none).
+    pub async fn stream_messages(&self) -> u64 {
+        let client = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .get_stream(self.names().beats_stream())
+            .await
+            .expect("beats stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    }
+}
+
+/// The four services under one prefix, in-process.
+pub struct Stack {
+    client: Client,
+    /// Ops base URL of the evaluator.
+    pub evaluator_url: String,
     ingest: Option<Running>,
     api: Option<Running>,
     evaluator: Option<Running>,
     notifier: Option<Running>,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Stack {
@@ -104,14 +247,8 @@ impl Stack {
             Running { shutdown, handle }
         };
         let mut stack = Self {
-            prefix,
-            ingest_url,
-            api_url: format!("http://{api_addr}"),
+            client: Client::new(&prefix, vec![ingest_url], format!("http://{api_addr}")),
             evaluator_url: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
             ingest: Some(ingest),
             api: Some(api),
             evaluator: None,
@@ -119,28 +256,13 @@ impl Stack {
         };
         stack.start_evaluator().await;
         stack.start_notifier().await;
-        stack.wait_ready().await;
+        let urls = [
+            stack.ingest_url.clone(),
+            stack.api_url.clone(),
+            stack.evaluator_url.clone(),
+        ];
+        stack.client.wait_ready(&urls).await;
         stack
-    }
-
-    /// The names this stack's services use.
-    pub fn names(&self) -> Names {
-        Names::new(&self.prefix).expect("valid prefix")
-    }
-
-    async fn wait_ready(&self) {
-        for url in [&self.ingest_url, &self.api_url, &self.evaluator_url] {
-            let http = self.http.clone();
-            let readyz = format!("{url}/readyz");
-            wait_for(Duration::from_secs(20), &readyz, || {
-                let (http, readyz) = (http.clone(), readyz.clone());
-                async move {
-                    let r = http.get(&readyz).send().await.ok()?;
-                    r.status().is_success().then_some(())
-                }
-            })
-            .await;
-        }
     }
 
     /// Starts an evaluator (again).
@@ -178,76 +300,6 @@ impl Stack {
         ));
         self.notifier = Some(Running { shutdown, handle });
     }
-
-    /// An authenticated API request builder.
-    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.api_url))
-            .bearer_auth(API_KEY)
-    }
-
-    /// Creates a webhook channel; returns its id.
-    pub async fn webhook_channel(&self, url: &str) -> String {
-        let r = self
-            .api(reqwest::Method::POST, "/api/v1/channels")
-            .json(&json!({"type": "webhook", "name": "ops", "url": url}))
-            .send()
-            .await
-            .expect("create channel");
-        assert_eq!(r.status(), 201, "create channel");
-        let v: Value = r.json().await.expect("channel json");
-        v["id"].as_str().expect("channel id").to_owned()
-    }
-
-    /// Creates a monitor; returns its JSON (with `id`, `token`, `push_url`).
-    pub async fn monitor(&self, name: &str, timeout: u64, channels: &[&str]) -> Value {
-        let r = self
-            .api(reqwest::Method::POST, "/api/v1/monitors")
-            .json(&json!({"name": name, "timeout": timeout, "channels": channels}))
-            .send()
-            .await
-            .expect("create monitor");
-        assert_eq!(r.status(), 201, "create monitor");
-        r.json().await.expect("monitor json")
-    }
-
-    /// GETs an API path and returns its JSON.
-    pub async fn get_json(&self, path: &str) -> Value {
-        let r = self
-            .api(reqwest::Method::GET, path)
-            .send()
-            .await
-            .expect("api get");
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.expect("json")
-    }
-
-    /// Pushes to `/api/push/{token}?{query}` by POST; returns status and JSON body.
-    pub async fn push(&self, token: &str, query: &str) -> (u16, Value) {
-        let mut url = format!("{}/api/push/{token}", self.ingest_url);
-        if !query.is_empty() {
-            url = format!("{url}?{query}");
-        }
-        let r = self.http.post(url).send().await.expect("push");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Number of beat events currently in the stream (not yet consumed).
-    pub async fn stream_messages(&self) -> u64 {
-        let client = async_nats::connect("127.0.0.1:4222").await.expect("nats");
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js
-            .get_stream(self.names().beats_stream())
-            .await
-            .expect("beats stream");
-        stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence
-    }
 }
 
 impl Drop for Stack {
@@ -265,21 +317,57 @@ impl Drop for Stack {
             s.handle.abort();
         }
         let names = self.names();
-        // Drop cannot await: clean up on a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(cleanup(names));
-        })
-        .join();
+        cleanup_blocking(names);
     }
 }
 
-/// Removes everything a prefix created in Redis, NATS and RabbitMQ (best effort).
+/// [`cleanup`] from synchronous code (a `Drop`).
+pub fn cleanup_blocking(names: Names) {
+    cleanup_blocking_at(names, procs::Brokers::local());
+}
+
+/// [`cleanup_at`] from synchronous code.
+pub fn cleanup_blocking_at(names: Names, brokers: procs::Brokers) {
+    // Drop cannot await: clean up on a thread with its own runtime.
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        rt.block_on(cleanup_at(names, &brokers));
+    })
+    .join();
+}
+
+/// Every RabbitMQ queue whose name starts with the prefix (via rabbitmqctl).
+async fn queues_of(names: &Names) -> Vec<String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .output()
+        .await;
+    let Ok(out) = out else { return Vec::new() };
+    let mine = format!("{}.", names.prefix());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|q| q.starts_with(&mine))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes everything a prefix created in the local brokers (best effort).
 pub async fn cleanup(names: Names) {
-    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+    cleanup_at(names, &procs::Brokers::local()).await;
+}
+
+/// Removes everything a prefix created in Redis, NATS and RabbitMQ (best
+/// effort, with short time limits: a private broker may be gone already).
+pub async fn cleanup_at(names: Names, brokers: &procs::Brokers) {
+    let _ = tokio::time::timeout(Duration::from_secs(20), cleanup_inner(names, brokers)).await;
+}
+
+async fn cleanup_inner(names: Names, brokers: &procs::Brokers) {
+    if let Ok(client) = redis::Client::open(brokers.redis_url.as_str())
         && let Ok(mut conn) = client.get_multiplexed_async_connection().await
     {
         let mut cursor: u64 = 0;
@@ -303,20 +391,30 @@ pub async fn cleanup(names: Names) {
             cursor = next;
         }
     }
-    if let Ok(client) = async_nats::connect("127.0.0.1:4222").await {
-        let js = async_nats::jetstream::new(client);
-        let _ = js.delete_stream(names.beats_stream()).await;
-    }
-    if let Ok(conn) = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
+    if let Ok(Ok(client)) = tokio::time::timeout(
+        Duration::from_secs(3),
+        async_nats::connect(brokers.nats_url.as_str()),
     )
     .await
     {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(names.beats_stream()).await;
+    }
+    if let Ok(conn) =
+        lapin::Connection::connect(&brokers.amqp_url, lapin::ConnectionProperties::default()).await
+    {
         if let Ok(ch) = conn.create_channel().await {
-            let _ = ch
-                .queue_delete(names.alerts_queue().as_str().into(), Default::default())
-                .await;
+            let mut queues = queues_of(&names).await;
+            queues.extend([
+                names.alerts_queue(),
+                names.deliveries_queue(),
+                names.dead_queue(),
+            ]);
+            queues.sort();
+            queues.dedup();
+            for q in queues {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
             let _ = ch
                 .exchange_delete(names.alerts_exchange().as_str().into(), Default::default())
                 .await;

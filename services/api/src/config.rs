@@ -3,7 +3,7 @@
 //! Start-up fails with a message naming the variable when a value cannot be
 //! used. The API key is a secret: it never appears in `Debug` output or logs.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use lifeline_shared::{
     config::{Common, ConfigError},
@@ -13,10 +13,15 @@ use lifeline_shared::{
 /// Shortest API key accepted.
 pub(crate) const API_KEY_MIN_LEN: usize = 16;
 
+/// How long `POST /api/v1/channels/{id}/test` waits for a notifier's answer.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything the API service needs to run.
 #[derive(Clone)]
 pub struct Config {
-    /// Redis and the naming prefix (`LIFELINE_REDIS_URL`, `LIFELINE_PREFIX`, …).
+    /// Redis, RabbitMQ and the naming prefix (`LIFELINE_REDIS_URL`,
+    /// `LIFELINE_AMQP_URL`, `LIFELINE_PREFIX`, …). RabbitMQ is used only to
+    /// send test alerts; the API starts and serves everything else without it.
     pub common: Common,
     /// `LIFELINE_API_KEY`, required, at least 16 characters: the bearer key
     /// every `/api/v1` request must present. Redacted in `Debug`.
@@ -27,6 +32,10 @@ pub struct Config {
     /// `LIFELINE_HISTORY_BEATS` (default 100) and `LIFELINE_HISTORY_EVENTS`
     /// (default 1000): history kept per monitor by the writes the API makes.
     pub caps: Caps,
+    /// How long a test alert waits for a notifier to report its outcome
+    /// before answering 504: [`TEST_TIMEOUT`] (30 s), not read from the
+    /// environment (tests shorten it).
+    pub test_timeout: Duration,
 }
 
 impl Config {
@@ -36,13 +45,15 @@ impl Config {
         Self::from_vars(common, |name| std::env::var(name).ok())
     }
 
-    /// Local defaults for tests: Redis on 127.0.0.1:6379 under `prefix`.
+    /// Local defaults for tests: Redis on 127.0.0.1:6379 and RabbitMQ on
+    /// 127.0.0.1:5672 under `prefix`.
     pub fn local(prefix: &str, api_key: &str, public_url: &str) -> Self {
         Self {
             common: Common::local(prefix),
             api_key: api_key.to_owned(),
             public_url: public_url.trim_end_matches('/').to_owned(),
             caps: Caps::default(),
+            test_timeout: TEST_TIMEOUT,
         }
     }
 
@@ -103,6 +114,7 @@ impl Config {
             api_key,
             public_url,
             caps,
+            test_timeout: TEST_TIMEOUT,
         })
     }
 }
@@ -122,6 +134,7 @@ impl fmt::Debug for Config {
             .field("api_key", &"***")
             .field("public_url", &self.public_url)
             .field("caps", &self.caps)
+            .field("test_timeout", &self.test_timeout)
             .finish()
     }
 }
@@ -155,6 +168,7 @@ mod tests {
         let c = read(&[("LIFELINE_API_KEY", "0123456789abcdef")]).unwrap();
         assert_eq!(c.public_url, "http://127.0.0.1:8080");
         assert_eq!((c.caps.beats, c.caps.events), (100, 1000));
+        assert_eq!(c.test_timeout, Duration::from_secs(30));
         let c = read(&[
             ("LIFELINE_API_KEY", "0123456789abcdef"),
             ("LIFELINE_PUBLIC_URL", "https://lifeline.example.com/"),

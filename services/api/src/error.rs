@@ -3,10 +3,14 @@
 //!
 //! Every refusal is JSON: `{"error": "...", "field": "timeout"}` where a
 //! field is to blame, `{"error": "monitor not found"}` for an unknown id.
-//! Redis being unreachable is a 503 `{"error": "storage unavailable"}` (the
-//! caller may retry); anything else unexpected is an opaque 500. Both are
-//! logged here, once, with the cause; 4xx are the caller's business and are
-//! not logged.
+//! Redis being unreachable is a 503 `{"error": "storage unavailable"}`,
+//! RabbitMQ a 503 `{"error": "message broker unavailable"}` (the caller may
+//! retry); a test alert no notifier answered in time is a 504 carrying its
+//! `alert_id`; anything else unexpected is an opaque 500. These are logged
+//! here, once, with the cause; 4xx are the caller's business and are not
+//! logged.
+
+use std::time::Duration;
 
 use axum::{
     Json,
@@ -59,6 +63,23 @@ pub enum ApiError {
     /// Redis unreachable or not serving (503).
     #[error("storage unavailable: {0}")]
     Unavailable(#[source] StoreError),
+    /// RabbitMQ unreachable, or it did not confirm a publish in time (503).
+    #[error("message broker unavailable: {0}")]
+    BrokerUnavailable(String),
+    /// A test alert was sent but no outcome was recorded in time (504).
+    #[error("no notifier answered within {}", seconds(*waited))]
+    NoAnswer {
+        /// The test alert, to look up later.
+        alert_id: String,
+        /// How long the API waited.
+        waited: Duration,
+    },
+    /// The service is stopping while a test alert waits for its outcome (503).
+    #[error("the API is shutting down")]
+    ShuttingDown {
+        /// The test alert, to look up later.
+        alert_id: String,
+    },
     /// Anything else (500, details logged only).
     #[error("internal error: {0}")]
     Internal(#[source] StoreError),
@@ -99,9 +120,23 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InUse { .. } => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::BrokerUnavailable(_) | Self::ShuttingDown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// A wait as people say it: `30 s`, `1.5 s`, `250 ms`.
+fn seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && ms.is_multiple_of(100) {
+        let s = format!("{:.1}", ms as f64 / 1000.0);
+        format!("{} s", s.trim_end_matches(".0"))
+    } else {
+        format!("{ms} ms")
     }
 }
 
@@ -142,6 +177,23 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %e, "storage unavailable, answering 503");
                 body.insert("error".into(), json!("storage unavailable"));
             }
+            Self::BrokerUnavailable(e) => {
+                tracing::warn!(error = %e, "message broker unavailable, answering 503");
+                body.insert("error".into(), json!("message broker unavailable"));
+            }
+            Self::NoAnswer { alert_id, waited } => {
+                tracing::warn!(
+                    alert.id = %alert_id,
+                    waited_ms = waited.as_millis() as u64,
+                    "no notifier reported the test alert's outcome, answering 504"
+                );
+                body.insert("error".into(), json!(self.to_string()));
+                body.insert("alert_id".into(), json!(alert_id));
+            }
+            Self::ShuttingDown { alert_id } => {
+                body.insert("error".into(), json!(self.to_string()));
+                body.insert("alert_id".into(), json!(alert_id));
+            }
             Self::Internal(e) => {
                 tracing::error!(error = %e, "request failed, answering 500");
                 body.insert("error".into(), json!("internal error"));
@@ -180,6 +232,14 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn waits_read_naturally() {
+        assert_eq!(seconds(Duration::from_secs(30)), "30 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(seconds(Duration::from_millis(250)), "250 ms");
+        assert_eq!(seconds(Duration::from_millis(1234)), "1234 ms");
+    }
+
     async fn render(e: ApiError) -> (StatusCode, Value) {
         let r = e.into_response();
         let status = r.status();
@@ -202,6 +262,21 @@ mod tests {
         let (s, v) = render(StoreError::Redis(io).into()).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(v, json!({"error": "storage unavailable"}));
+
+        let (s, v) = render(ApiError::BrokerUnavailable("refused".into())).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v, json!({"error": "message broker unavailable"}));
+
+        let (s, v) = render(ApiError::NoAnswer {
+            alert_id: "test.x".into(),
+            waited: Duration::from_secs(30),
+        })
+        .await;
+        assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            v,
+            json!({"error": "no notifier answered within 30 s", "alert_id": "test.x"})
+        );
 
         let corrupt = StoreError::Corrupt {
             key: "k".into(),

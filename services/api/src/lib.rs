@@ -1,21 +1,27 @@
 //! Lifeline's management API: monitors, channels, pause/resume, push-token
-//! rotation, beat history, state changes and the delivery log, as JSON over
-//! HTTP behind an API key.
+//! and signing-secret rotation, test alerts, beat history, state changes and
+//! the delivery log, as JSON over HTTP behind an API key.
 //!
 //! The API writes monitors only through the shared store and the monitor
 //! state machine, so a pause, a resume or a new timeout moves the state and
-//! the deadline in one atomic write, exactly as the evaluator would; it
-//! talks to nothing but Redis. Push tokens are stored hashed and shown in
-//! full only when created or rotated (invariant 8). Every refusal is a JSON
-//! 4xx naming the field at fault (invariant 7).
+//! the deadline in one atomic write, exactly as the evaluator would. It
+//! talks to Redis, and to RabbitMQ only to send a test alert (one delivery
+//! job straight to the deliveries queue), so everything else keeps working
+//! while RabbitMQ is down. Push tokens and webhook signing secrets are
+//! shown in full only when created or rotated (invariant 8). Every refusal
+//! is a JSON 4xx naming the field at fault (invariant 7), and nothing is
+//! published for a refused request.
 //!
 //! Entry points take their I/O as arguments: [`run`] serves on a listener
 //! until a cancellation token fires, and [`router`] gives the bare router
 //! for in-process tests.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use lifeline_shared::store::{Store, StoreError};
+use lifeline_shared::{
+    amqp::Publisher,
+    store::{Store, StoreError},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +31,7 @@ mod error;
 mod input;
 mod routes;
 
-pub use config::Config;
+pub use config::{Config, TEST_TIMEOUT};
 pub use error::ApiError;
 pub use routes::router;
 
@@ -35,11 +41,19 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) api_key: Arc<auth::ApiKey>,
     pub(crate) public_url: Arc<str>,
+    /// Sends test alerts; connects on first use, reconnects after a failure.
+    pub(crate) publisher: Arc<Publisher>,
+    /// How long a test alert waits for its outcome.
+    pub(crate) test_timeout: Duration,
+    /// Cancelled when the service stops: a test alert still waiting for its
+    /// outcome answers at once instead of holding the shutdown up.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// The state for `config`. Redis is connected lazily: the API starts
-    /// while Redis is down and answers 503 until it is back.
+    /// The state for `config`. Redis and RabbitMQ are connected lazily: the
+    /// API starts while either is down and answers 503 where it needs one
+    /// until it is back.
     pub fn new(config: &Config) -> Result<Self, StoreError> {
         let store = Store::open(
             &config.common.redis_url,
@@ -50,7 +64,19 @@ impl AppState {
             store,
             api_key: Arc::new(auth::ApiKey::new(&config.api_key)),
             public_url: config.public_url.trim_end_matches('/').into(),
+            publisher: Arc::new(Publisher::new(
+                &config.common.amqp_url,
+                config.common.names.clone(),
+            )),
+            test_timeout: config.test_timeout,
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// The same state, with waits cut short once `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The store the API reads and writes.
@@ -71,7 +97,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(&config)?;
+    let state = AppState::new(&config)?.with_shutdown(shutdown.clone());
     tracing::info!(
         addr = %listener.local_addr()?,
         prefix = config.common.names.prefix(),

@@ -4,7 +4,9 @@
 //! for unknown routes and methods.
 //!
 //! The operational routes (`/healthz`, `/readyz` checking Redis, `/metrics`)
-//! are served on the same listener, without authentication.
+//! are served on the same listener, without authentication. `/readyz` does
+//! not check RabbitMQ: only test alerts need it, and they answer 503 by
+//! themselves while it is down.
 
 use std::{sync::Arc, time::Instant};
 
@@ -23,6 +25,7 @@ use crate::{AppState, auth, error::ApiError};
 mod channels;
 mod history;
 mod monitors;
+mod test_alert;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -41,6 +44,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/channels/{id}",
             get(channels::get).delete(channels::delete),
         )
+        .route(
+            "/api/v1/channels/{id}/secret",
+            post(channels::rotate_secret),
+        )
+        .route("/api/v1/channels/{id}/test", post(test_alert::send))
         .route(
             "/api/v1/monitors",
             get(monitors::list).post(monitors::create),

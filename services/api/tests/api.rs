@@ -1,11 +1,18 @@
 //! The management API served on a port-0 listener against the real Redis on
-//! 127.0.0.1:6379, each test under its own prefix, cleaned up on drop.
+//! 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672, each test under its own
+//! prefix, its keys and queues deleted on drop.
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::STANDARD};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lifeline_api::Config;
 use lifeline_shared::{
-    model::{BeatRecord, BeatStatus, DeliveryRecord},
+    amqp,
+    model::{
+        AlertEvent, AttemptOutcome, AttemptRecord, BeatRecord, BeatStatus, ChannelKind,
+        DeliveryJob, DeliveryRecord, Reason,
+    },
     names::{Names, shard_of},
     state::Input,
     store::Store,
@@ -19,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "test-api-key-0123456789";
 const PUBLIC_URL: &str = "http://push.example:8080";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// One API instance on port 0 with a fresh prefix.
 struct TestApp {
@@ -134,9 +142,94 @@ impl TestApp {
     }
 }
 
+/// A stand-in for the notifier: takes delivery jobs off the deliveries queue.
+struct Rabbit {
+    _conn: lapin::Connection,
+    ch: lapin::Channel,
+    queue: String,
+}
+
+impl Rabbit {
+    /// Connects and declares the queues (as the API's publisher would).
+    async fn connect(names: &Names) -> Self {
+        let conn = amqp::connect(AMQP_URL).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        amqp::declare_alerts(&ch, names).await.unwrap();
+        Self {
+            _conn: conn,
+            ch,
+            queue: names.deliveries_queue(),
+        }
+    }
+
+    /// The next delivery job (JSON), if one is queued (acknowledged).
+    async fn try_take(&self) -> Option<Value> {
+        let msg = self
+            .ch
+            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()?;
+        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        Some(serde_json::from_slice(&msg.delivery.data).unwrap())
+    }
+
+    /// Waits (at most 10 s) for the next delivery job (JSON).
+    async fn take(&self) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(job) = self.try_take().await {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no delivery job was published"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Deletes the prefix's queues and exchange (best effort). Runs on a thread
+/// of its own, with its own runtime, since `Drop` cannot await.
+fn delete_rabbitmq_names(names: Names) {
+    let cleanup = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(conn) = amqp::connect(AMQP_URL).await else {
+                return;
+            };
+            for queue in [
+                names.alerts_queue(),
+                names.deliveries_queue(),
+                names.dead_queue(),
+            ] {
+                // A channel per deletion: an error closes the channel.
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            if let Ok(ch) = conn.create_channel().await {
+                let _ = ch
+                    .exchange_delete(names.alerts_exchange().as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = conn.close(200, "cleaned up".into()).await;
+        });
+    });
+    let _ = cleanup.join();
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        delete_rabbitmq_names(self.names.clone());
         // Best effort: delete every key of this test's prefix.
         let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
             return;
@@ -252,6 +345,7 @@ async fn channels_can_be_created_listed_read_and_deleted() {
     assert_eq!(c["name"], "ops");
     assert_eq!(c["url"], "https://hooks.example.com/x?y=1");
     assert!(c["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(c["secret"].is_string());
 
     let second = app.channel("second").await;
     let (s, list) = app.get("/api/v1/channels").await;
@@ -265,8 +359,11 @@ async fn channels_can_be_created_listed_read_and_deleted() {
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&id.as_str()) && ids.contains(&second.as_str()));
 
+    // Read back: the same, without the secret.
     let (s, got) = app.get(&format!("/api/v1/channels/{id}")).await;
-    assert_eq!((s, &got), (200, &c));
+    let mut shown = c.clone();
+    shown.as_object_mut().unwrap().remove("secret");
+    assert_eq!((s, &got), (200, &shown));
 
     let (s, v) = app
         .call(Method::DELETE, &format!("/api/v1/channels/{id}"), None)
@@ -281,18 +378,162 @@ async fn channels_can_be_created_listed_read_and_deleted() {
 }
 
 #[tokio::test]
+async fn email_and_slack_channels_show_their_destination() {
+    let app = TestApp::spawn().await;
+    let (s, e) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "email", "name": "oncall",
+                   "to": ["ops@example.com", "dev+alerts@example.co.uk", "ops@example.com"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{e}");
+    assert_eq!(e["type"], "email");
+    assert_eq!(e["name"], "oncall");
+    assert_eq!(
+        e["to"],
+        json!(["ops@example.com", "dev+alerts@example.co.uk"])
+    );
+    for absent in ["url", "secret", "secret_hint"] {
+        assert!(e.get(absent).is_none(), "{absent}: {e}");
+    }
+    let id = e["id"].as_str().unwrap();
+    let (s, got) = app.get(&format!("/api/v1/channels/{id}")).await;
+    assert_eq!((s, &got), (200, &e));
+    assert_eq!(
+        app.store.channel(id).await.unwrap().unwrap().kind,
+        ChannelKind::Email {
+            to: vec!["ops@example.com".into(), "dev+alerts@example.co.uk".into()]
+        }
+    );
+
+    let hook = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX";
+    let (s, sl) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "slack", "name": "#ops", "url": hook}),
+        )
+        .await;
+    assert_eq!(s, 201, "{sl}");
+    assert_eq!(sl["type"], "slack");
+    assert_eq!(sl["name"], "#ops");
+    // The part of the URL that authorises posting is never shown.
+    assert_eq!(sl["url"], "https://hooks.slack.com/services/T000…");
+    for absent in ["to", "secret", "secret_hint"] {
+        assert!(sl.get(absent).is_none(), "{absent}: {sl}");
+    }
+    let id = sl["id"].as_str().unwrap();
+    let (s, got) = app.get(&format!("/api/v1/channels/{id}")).await;
+    assert_eq!((s, &got), (200, &sl));
+    let (_, list) = app.get("/api/v1/channels").await;
+    assert!(!list.to_string().contains("XXXXXXXX"), "{list}");
+    assert_eq!(
+        app.store.channel(id).await.unwrap().unwrap().kind,
+        ChannelKind::Slack { url: hook.into() }
+    );
+
+    // Any http(s) receiver will do (tests use a local one).
+    let (s, v) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "slack", "name": "local", "url": "http://127.0.0.1:9000/slack"}),
+        )
+        .await;
+    assert_eq!((s, &v["url"]), (201, &json!("http://127.0.0.1:9000/slack")));
+}
+
+#[tokio::test]
+async fn a_webhook_secret_is_shown_once_and_can_be_rotated() {
+    let app = TestApp::spawn().await;
+    let (s, c) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "webhook", "name": "ops", "url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let id = c["id"].as_str().unwrap();
+    let secret = c["secret"].as_str().unwrap().to_owned();
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+        .unwrap();
+    assert_eq!(key.len(), 24);
+    assert_eq!(c["secret_hint"], format!("{}…", &secret[..10]));
+    let stored = |kind: ChannelKind| match kind {
+        ChannelKind::Webhook { secret, .. } => secret,
+        other => panic!("not a webhook: {}", other.label()),
+    };
+    assert_eq!(
+        stored(app.store.channel(id).await.unwrap().unwrap().kind),
+        secret
+    );
+    // Another channel gets another secret.
+    let (_, other) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "webhook", "name": "b", "url": "http://127.0.0.1:9/b"}),
+        )
+        .await;
+    assert_ne!(other["secret"], c["secret"]);
+
+    let (s, got) = app.get(&format!("/api/v1/channels/{id}")).await;
+    assert_eq!(s, 200);
+    assert!(got.get("secret").is_none(), "{got}");
+    assert_eq!(got["secret_hint"], c["secret_hint"]);
+    let (_, list) = app.get("/api/v1/channels").await;
+    for text in [got.to_string(), list.to_string()] {
+        assert!(!text.contains(&secret[10..]), "{text}");
+    }
+
+    let path = format!("/api/v1/channels/{id}/secret");
+    let (s, r) = app.post(&path, json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["id"], id);
+    let rotated = r["secret"].as_str().unwrap().to_owned();
+    assert!(rotated.starts_with("whsec_"));
+    assert_ne!(rotated, secret);
+    let ch = app.store.channel(id).await.unwrap().unwrap();
+    assert_eq!(ch.name, "ops");
+    assert!(
+        matches!(&ch.kind, ChannelKind::Webhook { url, .. } if url == "http://127.0.0.1:9/hook")
+    );
+    assert_eq!(stored(ch.kind), rotated);
+    let (_, got) = app.get(&format!("/api/v1/channels/{id}")).await;
+    assert_eq!(got["secret_hint"], format!("{}…", &rotated[..10]));
+    assert!(got.get("secret").is_none());
+    assert!(!got.to_string().contains(&rotated[10..]));
+    // Rotation needs no body.
+    let (s, again) = app.send(app.req(Method::POST, &path)).await;
+    assert_eq!(s, 200, "{again}");
+    assert_ne!(again["secret"], r["secret"]);
+
+    // Only webhooks have secrets.
+    let (_, e) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "email", "name": "m", "to": ["ops@example.com"]}),
+        )
+        .await;
+    let (s, v) = app
+        .post(
+            &format!("/api/v1/channels/{}/secret", e["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(field(&v), "type");
+    let (s, v) = app
+        .post("/api/v1/channels/doesnotexist/secret", json!({}))
+        .await;
+    assert_eq!((s, v), (404, json!({"error": "channel not found"})));
+}
+
+#[tokio::test]
 async fn bad_channels_are_refused_naming_the_field() {
     let app = TestApp::spawn().await;
     for (body, name) in [
-        (
-            json!({"type": "email", "name": "a", "to": "x@example.com"}),
-            "type",
-        ),
-        (
-            json!({"type": "slack", "name": "a", "url": "https://hooks.slack.com/x"}),
-            "type",
-        ),
         (json!({"type": "pager", "name": "a"}), "type"),
+        (json!({"type": 1, "name": "a"}), "type"),
         (json!({"name": "a", "url": "http://x"}), "type"),
         (
             json!({"type": "webhook", "name": "", "url": "http://x"}),
@@ -315,18 +556,81 @@ async fn bad_channels_are_refused_naming_the_field() {
             json!({"type": "webhook", "name": "a", "url": "http://x", "secret": 1}),
             "secret",
         ),
+        (
+            json!({"type": "webhook", "name": "a", "url": "http://x", "to": ["a@example.com"]}),
+            "to",
+        ),
+        (json!({"type": "email", "name": "a"}), "to"),
+        (
+            json!({"type": "email", "name": "a", "to": "ops@example.com"}),
+            "to",
+        ),
+        (json!({"type": "email", "name": "a", "to": []}), "to"),
+        (
+            json!({"type": "email", "name": "a", "to": ["ops@example.com", "not-an-address"]}),
+            "to",
+        ),
+        (
+            json!({"type": "email", "name": "a", "to": ["Ops <ops@example.com>"]}),
+            "to",
+        ),
+        (
+            json!({"type": "email", "name": "a", "to": ["ops@example.com\r\nBcc: x@evil.example"]}),
+            "to",
+        ),
+        (
+            json!({"type": "email", "name": "a", "to": ["ops@example.com"], "url": "http://x"}),
+            "url",
+        ),
+        (
+            json!({"type": "email", "name": "", "to": ["ops@example.com"]}),
+            "name",
+        ),
+        (json!({"type": "slack", "name": "a"}), "url"),
+        (
+            json!({"type": "slack", "name": "a", "url": "hooks.slack.com/services/x"}),
+            "url",
+        ),
+        (
+            json!({"type": "slack", "name": "a", "url": "https://hooks.slack.com/x", "to": []}),
+            "to",
+        ),
     ] {
         let (s, v) = app.post("/api/v1/channels", body.clone()).await;
         assert_eq!(s, 422, "{body}: {v}");
         assert_eq!(field(&v), name, "{body}: {v}");
+        assert!(v["error"].is_string(), "{body}: {v}");
     }
+    // The bad address is named.
     let (_, v) = app
-        .post("/api/v1/channels", json!({"type": "email", "name": "a"}))
+        .post(
+            "/api/v1/channels",
+            json!({"type": "email", "name": "a", "to": ["ok@example.com", "Ops <ops@example.com>"]}),
+        )
         .await;
     assert!(
-        v["error"].as_str().unwrap().contains("not supported yet"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"Ops <ops@example.com>\""),
         "{v}"
     );
+    let many: Vec<String> = (0..21).map(|i| format!("u{i}@example.com")).collect();
+    let (s, v) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "email", "name": "a", "to": many}),
+        )
+        .await;
+    assert_eq!((s, field(&v)), (422, "to"), "{v}");
+    for raw in ["{oops", "", "[1]"] {
+        let rb = app
+            .req(Method::POST, "/api/v1/channels")
+            .header("content-type", "application/json")
+            .body(raw);
+        let (s, v) = app.send(rb).await;
+        assert_eq!(s, 400, "{raw:?}: {v}");
+    }
     assert!(app.store.channels().await.unwrap().is_empty());
 }
 
@@ -521,7 +825,25 @@ async fn unknown_ids_answer_404() {
         )
         .await;
     assert_eq!((s, v), (404, json!({"error": "monitor not found"})));
-    for path in ["/api/v1/alerts/doesnotexist.1", "/api/v1/alerts/garbage"] {
+    for (method, path) in [
+        (Method::GET, "/api/v1/channels/doesnotexist"),
+        (Method::DELETE, "/api/v1/channels/doesnotexist"),
+        (Method::POST, "/api/v1/channels/doesnotexist/secret"),
+        (Method::POST, "/api/v1/channels/doesnotexist/test"),
+        (Method::POST, "/api/v1/channels/not%20an%20id/test"),
+    ] {
+        let (s, v) = app.call(method.clone(), path, None).await;
+        assert_eq!(
+            (s, v),
+            (404, json!({"error": "channel not found"})),
+            "{method} {path}"
+        );
+    }
+    for path in [
+        "/api/v1/alerts/doesnotexist.1",
+        "/api/v1/alerts/test.doesnotexist",
+        "/api/v1/alerts/garbage",
+    ] {
         let (s, v) = app.get(path).await;
         assert_eq!((s, v), (404, json!({"error": "alert not found"})), "{path}");
     }
@@ -749,6 +1071,31 @@ async fn history_is_newest_first_with_deliveries() {
         next_retry_at: None,
     };
     app.store.put_delivery(&alert_id, &ch, &rec).await.unwrap();
+    let first = AttemptRecord {
+        at: t + 2100,
+        channel_id: ch.clone(),
+        channel_type: "webhook".into(),
+        attempt: 1,
+        outcome: AttemptOutcome::Retrying,
+        http_status: Some(503),
+        smtp_reply: None,
+        error: Some("HTTP 503".into()),
+        next_retry_at: Some(t + 3000),
+        duration_ms: 12,
+    };
+    let second = AttemptRecord {
+        at: t + 3000,
+        attempt: 2,
+        outcome: AttemptOutcome::Succeeded,
+        http_status: Some(200),
+        error: None,
+        next_retry_at: None,
+        duration_ms: 8,
+        ..first.clone()
+    };
+    for a in [&first, &second] {
+        app.store.append_attempt(&alert_id, a).await.unwrap();
+    }
 
     let (s, v) = app.get(&format!("/api/v1/monitors/{id}/events")).await;
     assert_eq!(s, 200, "{v}");
@@ -766,11 +1113,28 @@ async fn history_is_newest_first_with_deliveries() {
         json!([{
             "channel_id": ch, "outcome": "succeeded", "attempts": 2,
             "at": rfc3339(t + 3000), "http_status": 200, "error": null,
+            "next_retry_at": null,
         }])
+    );
+    assert_eq!(
+        events[0]["attempts"],
+        json!([
+            {
+                "at": rfc3339(t + 2100), "channel_id": ch, "channel_type": "webhook",
+                "attempt": 1, "outcome": "retrying", "http_status": 503, "smtp_reply": null,
+                "error": "HTTP 503", "next_retry_at": rfc3339(t + 3000), "duration_ms": 12,
+            },
+            {
+                "at": rfc3339(t + 3000), "channel_id": ch, "channel_type": "webhook",
+                "attempt": 2, "outcome": "succeeded", "http_status": 200, "smtp_reply": null,
+                "error": null, "next_retry_at": null, "duration_ms": 8,
+            },
+        ])
     );
     assert_eq!(events[1]["reason"], "first_beat");
     assert_eq!(events[1]["alert_id"], Value::Null);
     assert_eq!(events[1]["deliveries"], json!([]));
+    assert_eq!(events[1]["attempts"], json!([]));
     let (_, one) = app
         .get(&format!("/api/v1/monitors/{id}/events?limit=1"))
         .await;
@@ -780,8 +1144,17 @@ async fn history_is_newest_first_with_deliveries() {
     assert_eq!(s, 200);
     assert_eq!(v["alert_id"], alert_id);
     assert_eq!(v["deliveries"], events[0]["deliveries"]);
+    assert_eq!(v["attempts"], events[0]["attempts"]);
     let (s, _) = app.get(&format!("/api/v1/alerts/{id}.99")).await;
     assert_eq!(s, 404);
+
+    // An alert whose first attempt is logged but not yet recorded per channel.
+    let pending = format!("{id}.3");
+    app.store.append_attempt(&pending, &first).await.unwrap();
+    let (s, v) = app.get(&format!("/api/v1/alerts/{pending}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["deliveries"], json!([]));
+    assert_eq!(v["attempts"][0]["outcome"], "retrying");
 }
 
 #[tokio::test]
@@ -877,4 +1250,231 @@ async fn rotations_racing_edits_leave_exactly_one_live_token() {
     assert_eq!(stored.cfg.name, "n14");
     let live: Vec<String> = app.store.conn().keys(app.names.token("*")).await.unwrap();
     assert_eq!(live, [app.names.token(&token::hash(&last))]);
+}
+
+/// The job a test alert publishes, checked field by field.
+fn assert_is_test_job(raw: &Value, channel_id: &str) -> DeliveryJob {
+    assert_eq!(raw["test"], true, "{raw}");
+    assert_eq!(raw["alert"]["event"], "test", "{raw}");
+    assert_eq!(raw["alert"]["reason"], "test", "{raw}");
+    let job: DeliveryJob = serde_json::from_value(raw.clone()).unwrap();
+    assert!(job.test);
+    assert_eq!(job.attempt, 0);
+    assert_eq!(job.channel_id, channel_id);
+    assert_eq!(job.alert.event, AlertEvent::Test);
+    assert_eq!(job.alert.reason, Reason::Test);
+    assert_eq!(job.alert.channels, [channel_id]);
+    assert_eq!(
+        (
+            job.alert.monitor.id.as_str(),
+            job.alert.monitor.name.as_str()
+        ),
+        ("test", "Lifeline test alert")
+    );
+    assert_eq!(
+        job.alert.msg.as_deref(),
+        Some("This is a test alert from Lifeline.")
+    );
+    assert!(job.alert.alert_id.starts_with("test."), "{raw}");
+    assert_eq!(
+        job.delivery_id,
+        format!("msg_{}_{channel_id}", job.alert.alert_id)
+    );
+    job
+}
+
+#[tokio::test]
+async fn a_test_alert_is_queued_for_a_notifier_and_answers_its_outcome() {
+    let app = TestApp::spawn().await;
+    let ch = app.channel("ops").await;
+    let rabbit = Rabbit::connect(&app.names).await;
+
+    // A refused request publishes nothing.
+    let (s, _) = app
+        .post("/api/v1/channels/doesnotexist/test", json!({}))
+        .await;
+    assert_eq!(s, 404);
+    assert!(rabbit.try_take().await.is_none());
+
+    // The test stands in for the notifier: one attempt, then the record.
+    let notifier = async {
+        let job = assert_is_test_job(&rabbit.take().await, &ch);
+        let alert_id = &job.alert.alert_id;
+        let at = now_ms();
+        let attempt = AttemptRecord {
+            at,
+            channel_id: ch.clone(),
+            channel_type: "webhook".into(),
+            attempt: 1,
+            outcome: AttemptOutcome::Succeeded,
+            http_status: Some(204),
+            smtp_reply: None,
+            error: None,
+            next_retry_at: None,
+            duration_ms: 7,
+        };
+        app.store.append_attempt(alert_id, &attempt).await.unwrap();
+        let record = DeliveryRecord {
+            outcome: "succeeded".into(),
+            attempts: 1,
+            at,
+            http_status: Some(204),
+            error: None,
+            next_retry_at: None,
+        };
+        app.store
+            .put_delivery(alert_id, &ch, &record)
+            .await
+            .unwrap();
+        (job, at)
+    };
+    let path = format!("/api/v1/channels/{ch}/test");
+    let ((s, v), (job, at)) = tokio::join!(app.post(&path, json!({})), notifier);
+    assert_eq!(s, 200, "{v}");
+    let alert_id = job.alert.alert_id;
+    assert_eq!(
+        v,
+        json!({
+            "alert_id": alert_id, "channel_id": ch, "outcome": "succeeded",
+            "http_status": 204, "smtp_reply": null, "error": null,
+            "attempts": [{
+                "at": rfc3339(at), "channel_id": ch, "channel_type": "webhook",
+                "attempt": 1, "outcome": "succeeded", "http_status": 204,
+                "smtp_reply": null, "error": null, "next_retry_at": null, "duration_ms": 7,
+            }],
+        })
+    );
+    // Exactly one job was published.
+    assert!(rabbit.try_take().await.is_none());
+
+    // The delivery log keeps it.
+    let (s, log) = app.get(&format!("/api/v1/alerts/{alert_id}")).await;
+    assert_eq!(s, 200, "{log}");
+    assert_eq!(log["deliveries"][0]["outcome"], "succeeded");
+    assert_eq!(log["attempts"], v["attempts"]);
+}
+
+#[tokio::test]
+async fn a_failed_test_delivery_answers_200_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let (s, c) = app
+        .post(
+            "/api/v1/channels",
+            json!({"type": "email", "name": "oncall", "to": ["ops@example.com"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let ch = c["id"].as_str().unwrap().to_owned();
+    let rabbit = Rabbit::connect(&app.names).await;
+
+    let reply = "550 5.1.1 <ops@example.com>: Recipient address rejected";
+    let notifier = async {
+        let job = assert_is_test_job(&rabbit.take().await, &ch);
+        let alert_id = &job.alert.alert_id;
+        let at = now_ms();
+        // The record first, the attempt a little later: the answer still
+        // carries the attempt.
+        let record = DeliveryRecord {
+            outcome: "failed".into(),
+            attempts: 1,
+            at,
+            http_status: None,
+            error: Some(reply.into()),
+            next_retry_at: None,
+        };
+        app.store
+            .put_delivery(alert_id, &ch, &record)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let attempt = AttemptRecord {
+            at,
+            channel_id: ch.clone(),
+            channel_type: "email".into(),
+            attempt: 1,
+            outcome: AttemptOutcome::Failed,
+            http_status: None,
+            smtp_reply: Some(reply.into()),
+            error: Some(reply.into()),
+            next_retry_at: None,
+            duration_ms: 31,
+        };
+        app.store.append_attempt(alert_id, &attempt).await.unwrap();
+        job
+    };
+    let path = format!("/api/v1/channels/{ch}/test");
+    let ((s, v), job) = tokio::join!(app.post(&path, json!({})), notifier);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["alert_id"], job.alert.alert_id);
+    assert_eq!(v["outcome"], "failed");
+    assert_eq!(v["http_status"], Value::Null);
+    assert_eq!(v["smtp_reply"], reply);
+    assert_eq!(v["error"], reply);
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{v}");
+    assert_eq!(attempts[0]["channel_type"], "email");
+    assert_eq!(attempts[0]["outcome"], "failed");
+}
+
+#[tokio::test]
+async fn a_test_alert_nobody_answers_is_a_504_naming_the_alert() {
+    let app = TestApp::spawn_with(|c| c.test_timeout = Duration::from_millis(300)).await;
+    let ch = app.channel("ops").await;
+    let started = std::time::Instant::now();
+    let (s, v) = app
+        .post(&format!("/api/v1/channels/{ch}/test"), json!({}))
+        .await;
+    assert_eq!(s, 504, "{v}");
+    assert_eq!(v["error"], "no notifier answered within 300 ms");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let alert_id = v["alert_id"].as_str().unwrap();
+    // The job was published all the same, for a notifier to deliver later.
+    let rabbit = Rabbit::connect(&app.names).await;
+    let job = assert_is_test_job(&rabbit.take().await, &ch);
+    assert_eq!(job.alert.alert_id, alert_id);
+    // A pending alert has no log yet.
+    let (s, _) = app.get(&format!("/api/v1/alerts/{alert_id}")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_test_alert_waiting_at_shutdown_answers_at_once() {
+    let app = TestApp::spawn().await;
+    let ch = app.channel("ops").await;
+    let started = std::time::Instant::now();
+    let stop = async {
+        let rabbit = Rabbit::connect(&app.names).await;
+        rabbit.take().await;
+        app.shutdown.cancel();
+    };
+    let path = format!("/api/v1/channels/{ch}/test");
+    let ((s, v), ()) = tokio::join!(app.post(&path, json!({})), stop);
+    assert_eq!(s, 503, "{v}");
+    assert!(v["alert_id"].as_str().unwrap().starts_with("test."), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_test_alert_without_rabbitmq_is_a_503_and_the_rest_works() {
+    let app = TestApp::spawn_with(|c| {
+        c.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    })
+    .await;
+    let ch = app.channel("ops").await;
+    let (s, v) = app
+        .post(&format!("/api/v1/channels/{ch}/test"), json!({}))
+        .await;
+    assert_eq!(
+        (s, v),
+        (503, json!({"error": "message broker unavailable"}))
+    );
+    let r = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = app.get(&format!("/api/v1/channels/{ch}")).await;
+    assert_eq!(s, 200);
 }

@@ -236,6 +236,15 @@ async fn resolve(state: &AppState, push_token: &str) -> Result<String, PushError
 
 async fn publish(state: &AppState, event: &BeatEvent) -> Result<(), PushError> {
     let inner = &state.inner;
+    // While NATS is unreachable a publish would only wait for its ack to
+    // time out, and could still be sent after the 503 once NATS is back:
+    // refuse at once instead.
+    if !matches!(
+        inner.nats.connection_state(),
+        async_nats::connection::State::Connected
+    ) {
+        return Err(PushError::Unavailable);
+    }
     let subject = inner
         .config
         .common

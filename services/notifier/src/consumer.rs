@@ -1,26 +1,28 @@
-//! The RabbitMQ side: consume alert jobs, hand each to the dispatcher, and
-//! settle the message according to what happened to it.
+//! The RabbitMQ side: consume a queue, hand each message to its worker, and
+//! settle the message according to what the worker says.
 //!
-//! Jobs arrive on the durable alerts queue with manual acknowledgements; the
-//! prefetch bounds how many are held, and each runs in its own task, so one
-//! slow receiver does not hold up the others. A job is
+//! Two consumers run in each notifier, each on its own connection: the
+//! alerts queue (worker: the fan-out) and the deliveries queue (worker: the
+//! deliverer). Messages arrive with manual acknowledgements; the prefetch
+//! bounds how many each holds, and each runs in its own task, so one slow
+//! receiver does not hold up the others. A message is
 //!
-//! * **acked** only once every one of its channels has a final delivery
-//!   record (invariant 6: a notifier killed mid-delivery loses nothing, as
-//!   RabbitMQ redelivers what was never acked);
-//! * **nacked and requeued**, after a short pause, when Redis cannot be
-//!   reached (or the job comes from a newer producer), so another attempt,
-//!   possibly by another replica, picks it up;
-//! * **rejected** without requeue when it is not an alert job at all.
+//! * **acked** once the worker has moved it on (published its successors
+//!   with confirms) and recorded what it did (invariant 6: a notifier killed
+//!   mid-delivery loses nothing, as RabbitMQ redelivers what was never acked);
+//! * **nacked and requeued**, after a short pause, when Redis or RabbitMQ
+//!   cannot be reached (or the job comes from a newer producer), so another
+//!   attempt, possibly by another replica, picks it up;
+//! * **rejected** without requeue when it is not a job at all.
 //!
 //! The connection is re-established by itself, with back-off, whenever it
 //! drops; an outage is logged once when it starts and once when it ends.
 //! Jobs in flight when the connection drops finish, but their ack cannot
 //! reach the broker: RabbitMQ redelivers them, and the delivery records keep
-//! a succeeded channel from being delivered twice.
+//! a finished delivery from being attempted again.
 //!
 //! On shutdown the consumer is cancelled, jobs in flight finish and are
-//! acked, and only then is the connection closed; jobs prefetched but not
+//! settled, and only then is the connection closed; jobs prefetched but not
 //! started go back to the queue when the channel closes.
 
 use std::{
@@ -43,14 +45,14 @@ use lapin::{
 };
 use lifeline_shared::{
     amqp::{self, AmqpError},
-    model::{AlertJob, WIRE_VERSION},
+    model::WIRE_VERSION,
     names::Names,
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Dispatcher;
+use crate::{deliver::Deliverer, fanout::Fanout};
 
 /// First pause before reconnecting; doubled after each failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -58,9 +60,84 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Longest wait for connecting and setting up the channel.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before handing a job back to the queue, so a Redis outage does not
+/// Pause before handing a job back to the queue, so an outage does not
 /// spin jobs through RabbitMQ.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// What to do with a message once its worker is done with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done: remove it from the queue.
+    Ack,
+    /// Not done: hand it back to the queue (after a pause).
+    Requeue,
+    /// Not a job: drop it.
+    Reject,
+}
+
+/// Parses a job, or says how to settle a message that is not one: rejected
+/// when malformed, requeued (for a newer notifier) when of a newer version.
+pub(crate) fn parse_job<T: DeserializeOwned>(data: &[u8], what: &str) -> Result<T, Settle> {
+    /// Just the version of a job that does not parse as this version's.
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u8,
+    }
+    serde_json::from_slice(data).map_err(|e| {
+        if let Ok(Versioned { v }) = serde_json::from_slice(data)
+            && v > WIRE_VERSION
+        {
+            tracing::warn!(
+                job.v = v,
+                "{what} has a newer wire version; handing it back for a newer notifier"
+            );
+            return Settle::Requeue;
+        }
+        tracing::error!(bytes = data.len(), error = %e, "malformed {what}; rejecting it");
+        Settle::Reject
+    })
+}
+
+/// The worker of a queue.
+#[derive(Clone)]
+pub(crate) enum Work {
+    /// Alert jobs, fanned out into delivery jobs.
+    Fanout(Arc<Fanout>),
+    /// Delivery jobs, attempted.
+    Deliver(Arc<Deliverer>),
+}
+
+impl Work {
+    fn queue(&self, names: &Names) -> String {
+        match self {
+            Self::Fanout(_) => names.alerts_queue(),
+            Self::Deliver(_) => names.deliveries_queue(),
+        }
+    }
+
+    /// What the queue holds, for logs.
+    fn jobs(&self) -> &'static str {
+        match self {
+            Self::Fanout(_) => "alert jobs",
+            Self::Deliver(_) => "delivery jobs",
+        }
+    }
+
+    /// Declares what the worker publishes to, besides the base topology.
+    async fn declare(&self, ch: &lapin::Channel) -> Result<(), AmqpError> {
+        match self {
+            Self::Fanout(_) => Ok(()),
+            Self::Deliver(d) => d.declare(ch).await,
+        }
+    }
+
+    async fn handle(&self, ch: &lapin::Channel, data: &[u8]) -> Settle {
+        match self {
+            Self::Fanout(f) => f.handle(data).await,
+            Self::Deliver(d) => d.handle(ch, data).await,
+        }
+    }
+}
 
 /// Why a consuming session ended (other than shutdown).
 #[derive(Debug, thiserror::Error)]
@@ -75,19 +152,19 @@ enum SessionError {
     Cancelled,
 }
 
-/// One connection consuming the alerts queue.
+/// One connection consuming a queue.
 struct Session {
     conn: Connection,
     channel: lapin::Channel,
     consumer: lapin::Consumer,
 }
 
-/// Consumes the alerts queue until shutdown, reconnecting as needed.
+/// Consumes one queue until shutdown, reconnecting as needed.
 pub(crate) struct Consumer {
     amqp_url: String,
     names: Names,
     prefetch: u16,
-    dispatcher: Arc<Dispatcher>,
+    work: Work,
     consuming: Arc<AtomicBool>,
 }
 
@@ -97,14 +174,14 @@ impl Consumer {
         amqp_url: String,
         names: Names,
         prefetch: u16,
-        dispatcher: Arc<Dispatcher>,
+        work: Work,
         consuming: Arc<AtomicBool>,
     ) -> Self {
         Self {
             amqp_url,
             names,
             prefetch,
-            dispatcher,
+            work,
             consuming,
         }
     }
@@ -112,13 +189,14 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled, then waits for every job in
     /// flight to be settled.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let queue = self.names.alerts_queue();
+        let queue = self.work.queue(&self.names);
+        let jobs = self.work.jobs();
         let mut tasks = JoinSet::new();
         let mut delay = BACKOFF_MIN;
         let mut outage = false;
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
-                opened = self.open() => opened,
+                opened = self.open(&queue) => opened,
                 () = shutdown.cancelled() => break,
             };
             let error = match opened {
@@ -126,13 +204,13 @@ impl Consumer {
                     if outage {
                         tracing::info!(
                             amqp.queue = queue,
-                            "rabbitmq is back; consuming alert jobs again"
+                            "rabbitmq is back; consuming {jobs} again"
                         );
                     } else {
                         tracing::info!(
                             amqp.queue = queue,
                             prefetch = self.prefetch,
-                            "consuming alert jobs"
+                            "consuming {jobs}"
                         );
                     }
                     outage = false;
@@ -148,9 +226,10 @@ impl Consumer {
                 Err(e) => e,
             };
             if outage {
-                tracing::debug!(error = %error, "rabbitmq still unavailable");
+                tracing::debug!(amqp.queue = queue, error = %error, "rabbitmq still unavailable");
             } else {
                 tracing::warn!(
+                    amqp.queue = queue,
                     error = %error,
                     "rabbitmq unavailable; reconnecting until it is back"
                 );
@@ -162,22 +241,23 @@ impl Consumer {
             }
             delay = (delay * 2).min(BACKOFF_MAX);
         }
-        drain(&mut tasks).await;
-        tracing::info!("stopped consuming alert jobs");
+        drain(&mut tasks, jobs).await;
+        tracing::info!(amqp.queue = queue, "stopped consuming {jobs}");
     }
 
     /// Connects, declares the topology, sets the prefetch and subscribes.
-    async fn open(&self) -> Result<Session, SessionError> {
+    async fn open(&self, queue: &str) -> Result<Session, SessionError> {
         let open = async {
             let conn = amqp::connect(&self.amqp_url).await?;
             let channel = conn.create_channel().await?;
             amqp::declare_alerts(&channel, &self.names).await?;
+            self.work.declare(&channel).await?;
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await?;
             let consumer = channel
                 .basic_consume(
-                    self.names.alerts_queue().as_str().into(),
+                    queue.into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
@@ -214,7 +294,12 @@ impl Consumer {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => report(joined),
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        tasks.spawn(handle(self.dispatcher.clone(), delivery, shutdown.clone()));
+                        tasks.spawn(handle(
+                            self.work.clone(),
+                            channel.clone(),
+                            delivery,
+                            shutdown.clone(),
+                        ));
                     }
                     Some(Err(e)) => break Err(SessionError::Lapin(e)),
                     None => break Err(SessionError::Cancelled),
@@ -228,7 +313,7 @@ impl Consumer {
             {
                 tracing::warn!(error = %e, "could not cancel the rabbitmq consumer");
             }
-            drain(tasks).await;
+            drain(tasks, self.work.jobs()).await;
             let _ = channel.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
         }
@@ -237,9 +322,9 @@ impl Consumer {
 }
 
 /// Waits for every job task.
-async fn drain(tasks: &mut JoinSet<()>) {
+async fn drain(tasks: &mut JoinSet<()>, jobs: &str) {
     if !tasks.is_empty() {
-        tracing::info!(jobs = tasks.len(), "waiting for alert jobs in flight");
+        tracing::info!(jobs = tasks.len(), "waiting for {jobs} in flight");
     }
     while let Some(joined) = tasks.join_next().await {
         report(joined);
@@ -248,70 +333,25 @@ async fn drain(tasks: &mut JoinSet<()>) {
 
 fn report(joined: Result<(), tokio::task::JoinError>) {
     if let Err(e) = joined {
-        tracing::error!(error = %e, "alert job task failed");
+        tracing::error!(error = %e, "job task failed");
     }
-}
-
-/// Just the version of a job that does not parse as this version's.
-#[derive(Deserialize)]
-struct Versioned {
-    v: u8,
 }
 
 /// Processes one message and settles it.
-async fn handle(dispatcher: Arc<Dispatcher>, delivery: Delivery, shutdown: CancellationToken) {
-    let tag = delivery.delivery_tag;
-    let job: AlertJob = match serde_json::from_slice(&delivery.data) {
-        Ok(job) => job,
-        Err(e) => {
-            if let Ok(Versioned { v }) = serde_json::from_slice(&delivery.data)
-                && v > WIRE_VERSION
-            {
-                tracing::warn!(
-                    amqp.delivery_tag = tag,
-                    job.v = v,
-                    "alert job has a newer wire version; handing it back for a newer notifier"
-                );
-                pause(&shutdown).await;
-                settle(&delivery, Settle::Requeue).await;
-                return;
-            }
-            tracing::error!(
-                amqp.delivery_tag = tag,
-                bytes = delivery.data.len(),
-                error = %e,
-                "malformed alert job; rejecting it"
-            );
-            settle(&delivery, Settle::Reject).await;
-            return;
-        }
-    };
-    match dispatcher.dispatch(&job).await {
-        Ok(()) => settle(&delivery, Settle::Ack).await,
-        Err(e) => {
-            tracing::warn!(
-                alert.id = job.alert_id,
-                error = %e,
-                "could not read or write delivery records; handing the alert job back to the queue"
-            );
-            pause(&shutdown).await;
-            settle(&delivery, Settle::Requeue).await;
+async fn handle(
+    work: Work,
+    channel: lapin::Channel,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+) {
+    let how = work.handle(&channel, &delivery.data).await;
+    if how == Settle::Requeue {
+        tokio::select! {
+            () = tokio::time::sleep(REQUEUE_PAUSE) => {}
+            () = shutdown.cancelled() => {}
         }
     }
-}
-
-async fn pause(shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(REQUEUE_PAUSE) => {}
-        () = shutdown.cancelled() => {}
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Settle {
-    Ack,
-    Requeue,
-    Reject,
+    settle(&delivery, how).await;
 }
 
 async fn settle(delivery: &Delivery, how: Settle) {
@@ -333,13 +373,13 @@ async fn settle(delivery: &Delivery, how: Settle) {
         Ok(false) => tracing::warn!(
             amqp.delivery_tag = delivery.delivery_tag,
             settle = ?how,
-            "the rabbitmq channel of this alert job is gone; it will be redelivered"
+            "the rabbitmq channel of this job is gone; it will be redelivered"
         ),
         Err(e) => tracing::warn!(
             amqp.delivery_tag = delivery.delivery_tag,
             settle = ?how,
             error = %e,
-            "could not settle the alert job; it will be redelivered"
+            "could not settle the job; it will be redelivered"
         ),
     }
 }

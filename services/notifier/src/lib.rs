@@ -1,27 +1,41 @@
-//! The Lifeline notifier: consumes alert jobs from RabbitMQ and delivers
-//! each to every channel of its monitor, recording one delivery per
-//! (alert, channel) in Redis.
+//! The Lifeline notifier: turns alert jobs from RabbitMQ into deliveries
+//! to email, Slack and signed webhooks, with retries through delay queues,
+//! dead letters, and a delivery log in Redis.
 //!
-//! * [`config`]: the typed configuration.
-//! * `consumer`: the RabbitMQ subscription, acks, reconnection, shutdown.
-//! * `dispatch`: one job to one final record per channel (dedupe, retries).
-//! * `channels`: one attempt on one channel type (webhook for now).
+//! * [`config`]: the typed configuration; [`retry`]: the retry schedule.
+//! * `consumer`: the two RabbitMQ subscriptions (alerts, deliveries), acks,
+//!   reconnection, shutdown.
+//! * `fanout`: one alert job to one delivery job per channel.
+//! * `deliver`: one delivery job, one attempt, and where the job goes next
+//!   (done, a delay queue, the dead-letter queue), recorded.
+//! * `channels`: one attempt on one channel type (webhook, email, Slack);
+//!   `summary`: the alert in words, for email and Slack.
 //!
-//! A job leaves the queue only after every channel has a final record
-//! (invariant 6); a job seen again never re-delivers a channel that already
-//! succeeded.
+//! RabbitMQ topology (prefix `P`): `P.alerts` → fan-out → `P.deliveries` →
+//! attempt → `P.retry.<ms>` (TTL, dead-lettered back to `P.deliveries`) or
+//! `P.dead`. Every message is acked only after its successors are confirmed
+//! by the broker, so a notifier killed at any point loses nothing
+//! (invariant 6); duplicates it may cause carry the same `webhook-id` (or
+//! email `Message-ID`), and a delivery with a final record is never
+//! attempted again.
 //!
 //! Metrics (at `/metrics`): counter
-//! `lifeline_notifier_deliveries_total{channel_type, outcome}`, one per final
-//! record (`channel_type="unknown"` when the channel no longer exists), and
+//! `lifeline_notifier_deliveries_total{channel_type, outcome}`, one per
+//! attempt, with outcome `succeeded`, `retrying` or `failed` (the last is
+//! final; `channel_type="unknown"` when the channel no longer exists);
 //! histogram `lifeline_notifier_delivery_seconds{channel_type}`, the duration
-//! of each attempt.
+//! of each attempt; counter
+//! `lifeline_notifier_dead_lettered_total{channel_type}`, deliveries sent to
+//! the dead-letter queue.
 
 pub mod config;
+pub mod retry;
 
 mod channels;
 mod consumer;
-mod dispatch;
+mod deliver;
+mod fanout;
+mod summary;
 
 use std::{
     sync::{
@@ -33,22 +47,29 @@ use std::{
 
 use anyhow::Context as _;
 use lifeline_shared::{
+    amqp::Publisher,
     http::{self, ReadyCheck},
     store::{Caps, Store},
+    token::new_id,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::Config;
-use crate::{channels::Channels, consumer::Consumer, dispatch::Dispatcher};
+use crate::{
+    channels::Channels,
+    consumer::{Consumer, Work},
+    deliver::Deliverer,
+    fanout::Fanout,
+};
+pub use crate::{config::Config, retry::RetrySchedule};
 
 /// Longest wait for Redis in `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the notifier: serves `/healthz`, `/readyz` and `/metrics` on
-/// `ops_listener` and consumes alert jobs until `shutdown` is cancelled.
-/// Then it stops consuming, lets the jobs in flight finish and be acked, and
-/// returns.
+/// `ops_listener` and consumes alert and delivery jobs until `shutdown` is
+/// cancelled. Then it stops consuming, lets the jobs in flight finish and be
+/// settled, and returns.
 pub async fn run(
     config: Config,
     ops_listener: TcpListener,
@@ -57,25 +78,37 @@ pub async fn run(
     let names = config.common.names.clone();
     let store = Store::open(&config.common.redis_url, names.clone(), Caps::default())
         .context("invalid LIFELINE_REDIS_URL")?;
-    let channels = Channels::new(config.webhook_timeout).context("building the HTTP client")?;
-    let dispatcher = Arc::new(Dispatcher::new(
+    let channels = Channels::new(config.attempt_timeout, &config.smtp_url, &config.smtp_from)
+        .context("building the channel clients")?;
+    let publisher = Arc::new(Publisher::new(&config.common.amqp_url, names.clone()));
+    let replica = format!("notifier-{}", new_id());
+    let fanout = Arc::new(Fanout::new(store.clone(), publisher.clone()));
+    let deliverer = Arc::new(Deliverer::new(
         store.clone(),
+        publisher,
         channels,
-        config.retry_delays.clone(),
+        config.retry_schedule.clone(),
+        replica.clone(),
+        config.attempt_timeout,
     ));
-    let consuming = Arc::new(AtomicBool::new(false));
+    let alerts_consuming = Arc::new(AtomicBool::new(false));
+    let deliveries_consuming = Arc::new(AtomicBool::new(false));
 
     let addr = ops_listener.local_addr()?;
     tracing::info!(
         ops.addr = %addr,
         prefix = names.prefix(),
+        replica = %replica,
         config = ?config,
         "notifier starting"
     );
     // Stop consuming if the ops server dies, so the process does not run
     // on unobserved.
     let stop = shutdown.child_token();
-    let router = http::ops_router(ready_check(store, consuming.clone()));
+    let router = http::ops_router(ready_check(
+        store,
+        [alerts_consuming.clone(), deliveries_consuming.clone()],
+    ));
     let server = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -88,15 +121,20 @@ pub async fn run(
         })
     };
 
-    Consumer::new(
-        config.common.amqp_url.clone(),
-        names,
-        config.prefetch,
-        dispatcher,
-        consuming,
-    )
-    .run(stop.clone())
-    .await;
+    let consumer = |work, consuming| {
+        Consumer::new(
+            config.common.amqp_url.clone(),
+            names.clone(),
+            config.prefetch,
+            work,
+            consuming,
+        )
+        .run(stop.clone())
+    };
+    tokio::join!(
+        consumer(Work::Fanout(fanout), alerts_consuming),
+        consumer(Work::Deliver(deliverer), deliveries_consuming),
+    );
 
     stop.cancel();
     server
@@ -107,8 +145,8 @@ pub async fn run(
     Ok(())
 }
 
-/// `/readyz`: Redis answers `PING`, and the alerts queue is being consumed.
-fn ready_check(store: Store, consuming: Arc<AtomicBool>) -> ReadyCheck {
+/// `/readyz`: Redis answers `PING`, and both queues are being consumed.
+fn ready_check(store: Store, consuming: [Arc<AtomicBool>; 2]) -> ReadyCheck {
     Arc::new(move || {
         let store = store.clone();
         let consuming = consuming.clone();
@@ -118,10 +156,10 @@ fn ready_check(store: Store, consuming: Arc<AtomicBool>) -> ReadyCheck {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
             };
-            let rabbitmq = if consuming.load(Ordering::Relaxed) {
+            let rabbitmq = if consuming.iter().all(|c| c.load(Ordering::Relaxed)) {
                 Ok(())
             } else {
-                Err("not consuming the alerts queue".to_owned())
+                Err("not consuming the alerts and deliveries queues".to_owned())
             };
             vec![("redis", redis), ("rabbitmq", rabbitmq)]
         })

@@ -1,19 +1,27 @@
 //! The notifier against the real RabbitMQ (127.0.0.1:5672) and Redis
-//! (127.0.0.1:6379) of this machine.
+//! (127.0.0.1:6379) of this machine, a real SMTP server and local HTTP
+//! receivers.
 //!
 //! Each test runs the real service in-process ([`lifeline_notifier::run`])
-//! with its own prefix, an ops listener on port 0 and a webhook receiver of
-//! its own on port 0; it publishes alert jobs with the evaluator's
-//! publisher and watches what the receiver gets and what Redis records.
-//! Conditions are awaited with a deadline; a test's Redis keys, queue and
-//! exchange are removed when its harness is dropped, even on failure.
+//! with its own prefix, an ops listener on port 0, HTTP receivers of its own
+//! on port 0 (webhook and Slack) and, where email is involved, a real SMTP
+//! server: Debian's `python3-aiosmtpd`, started as a child process on a free
+//! port with a small handler that writes each message it accepts, decoded,
+//! as JSON. Tests publish alert jobs with the evaluator's publisher and
+//! watch what the receivers get, what Redis records and what RabbitMQ
+//! holds. Retry schedules are shortened to milliseconds. Conditions are
+//! awaited with a deadline; a test's Redis keys, queues (alerts, deliveries,
+//! dead letters, every delay queue) and exchange are removed when its
+//! harness is dropped, even on failure.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -21,30 +29,41 @@ use axum::{
     body::Bytes,
     extract::State,
     http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
 };
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use hmac::{Hmac, KeyInit, Mac};
 use lapin::{
     BasicProperties,
     options::{
-        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     types::FieldTable,
 };
 use lifeline_notifier::{Config, run};
 use lifeline_shared::{
     amqp::{ALERT_ROUTING_KEY, Publisher},
-    model::{AlertEvent, AlertJob, Channel, ChannelKind, DeliveryRecord, MonitorRef, Reason},
+    model::{
+        AlertEvent, AlertJob, AttemptOutcome, AttemptRecord, Channel, ChannelKind, DeliveryJob,
+        DeliveryRecord, MonitorRef, Reason,
+    },
     names::Names,
     store::{Caps, Store},
+    time::now_ms,
     token::new_id,
 };
 use serde_json::{Value, json};
+use sha2::Sha256;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Longest wait for any condition.
-const DEADLINE: Duration = Duration::from_secs(20);
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The shortened retry schedule of these tests: 4 attempts.
+const SCHEDULE: &str = "200ms*3";
 
 /// Polls `check` until it returns `Some`, or panics after [`DEADLINE`].
 async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
@@ -65,26 +84,45 @@ where
     }
 }
 
-// --- webhook receiver ---
+// --- HTTP receiver (webhooks and Slack) ---
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 struct Hit {
-    path: String,
+    at: Instant,
     headers: HeaderMap,
+    raw: Bytes,
     body: Value,
+}
+
+/// One scripted answer.
+#[derive(Clone, Copy, Debug)]
+struct Reply {
+    status: u16,
+    retry_after: Option<u64>,
+    delay: Duration,
+}
+
+impl Reply {
+    fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Default)]
 struct ReceiverState {
-    hits: Mutex<Vec<Hit>>,
-    /// Statuses to answer, in order; 200 once empty.
-    script: Mutex<VecDeque<u16>>,
-    /// How long to wait before answering.
-    delay: Duration,
+    hits: Mutex<HashMap<String, Vec<Hit>>>,
+    /// Answers per path, in order; then `fallback`.
+    script: Mutex<HashMap<String, VecDeque<Reply>>>,
+    /// The answer per path once its script is used up; 200 by default.
+    fallback: Mutex<HashMap<String, Reply>>,
 }
 
-/// A local HTTP server recording every request.
+/// A local HTTP server recording every request, answering per path.
 struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
@@ -92,12 +130,8 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(script: &[u16], delay: Duration) -> Self {
-        let state = Arc::new(ReceiverState {
-            script: Mutex::new(script.iter().copied().collect()),
-            delay,
-            ..Default::default()
-        });
+    async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
         let app = Router::new().fallback(receive).with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -107,16 +141,24 @@ impl Receiver {
         Self { addr, state, task }
     }
 
+    /// Answers `path` with `replies`, in order, then with `then` for ever.
+    fn script(&self, path: &str, replies: &[Reply], then: Reply) {
+        let path = format!("/{path}");
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .insert(path.clone(), replies.iter().copied().collect());
+        self.state.fallback.lock().unwrap().insert(path, then);
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.addr)
     }
 
     fn hits(&self, path: &str) -> Vec<Hit> {
         let hits = self.state.hits.lock().unwrap();
-        hits.iter()
-            .filter(|h| h.path == format!("/{path}"))
-            .cloned()
-            .collect()
+        hits.get(&format!("/{path}")).cloned().unwrap_or_default()
     }
 }
 
@@ -130,17 +172,195 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.hits.lock().unwrap().push(Hit {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-    });
-    tokio::time::sleep(state.delay).await;
-    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
+    raw: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    state
+        .hits
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default()
+        .push(Hit {
+            at: Instant::now(),
+            headers,
+            raw,
+            body,
+        });
+    let reply = {
+        let next = state
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front);
+        next.or_else(|| state.fallback.lock().unwrap().get(&path).copied())
+            .unwrap_or(Reply::status(200))
+    };
+    tokio::time::sleep(reply.delay).await;
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    match reply.retry_after {
+        Some(secs) => (status, [("retry-after", secs.to_string())]).into_response(),
+        None => status.into_response(),
+    }
+}
+
+/// Checks a request's Standard Webhooks signature against `secret`.
+fn verify_signature(hit: &Hit, secret: &str) {
+    let header = |name: &str| {
+        hit.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = header("webhook-id");
+    let timestamp = header("webhook-timestamp");
+    let ts: i64 = timestamp.parse().expect("unix seconds");
+    assert!(
+        (ts - now_ms() / 1000).abs() < 60,
+        "webhook-timestamp {ts} is not now"
+    );
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&hit.raw);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(header("webhook-signature"), expected, "signature of {id}");
+}
+
+// --- SMTP server ---
+
+/// An aiosmtpd handler: refuses `reject*` recipients for good (550) and
+/// `later*` ones for now (451); writes every accepted message, decoded, as
+/// one JSON file.
+const SMTP_HANDLER: &str = r#"
+import email, email.policy, json, os, uuid
+
+class Capture:
+    def __init__(self, outdir):
+        self.outdir = outdir
+
+    @classmethod
+    def from_cli(cls, parser, *args):
+        return cls(args[0])
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith('reject'):
+            return '550 5.1.1 mailbox unavailable'
+        if address.startswith('later'):
+            return '451 4.3.0 try again later'
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        text = msg.get_body(('plain',))
+        html = msg.get_body(('html',))
+        out = {
+            'mail_from': envelope.mail_from,
+            'rcpt_tos': envelope.rcpt_tos,
+            'from': str(msg['from']),
+            'to': str(msg['to']),
+            'subject': str(msg['subject']),
+            'message_id': str(msg['message-id']),
+            'content_type': msg.get_content_type(),
+            'text': text.get_content() if text is not None else None,
+            'html': html.get_content() if html is not None else None,
+        }
+        path = os.path.join(self.outdir, uuid.uuid4().hex)
+        with open(path + '.tmp', 'w') as f:
+            json.dump(out, f)
+        os.rename(path + '.tmp', path + '.json')
+        return '250 2.0.0 Ok: queued'
+"#;
+
+/// Debian's Python, which `apt-get install python3-aiosmtpd` extends.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A real SMTP server (aiosmtpd) on a free port, killed on drop.
+struct SmtpServer {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl SmtpServer {
+    async fn start() -> Self {
+        let probe = Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .status();
+        assert!(
+            probe.is_ok_and(|s| s.success()),
+            "these tests need a real SMTP server: install Debian's python3-aiosmtpd \
+             (apt-get install -y python3-aiosmtpd) so that {PYTHON} can import aiosmtpd"
+        );
+        let dir = std::env::temp_dir().join(format!("lifeline-smtp-{}", new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("lifeline_capture.py"), SMTP_HANDLER).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(PYTHON)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "lifeline_capture.Capture",
+            ])
+            .arg(&dir)
+            .env("PYTHONPATH", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let server = Self { child, dir, port };
+        wait_for("the SMTP server to greet", || async {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            let mut banner = [0u8; 3];
+            tokio::io::AsyncReadExt::read_exact(&mut conn, &mut banner)
+                .await
+                .ok()?;
+            (&banner == b"220").then_some(())
+        })
+        .await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message accepted so far.
+    fn messages(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 // --- the service under test ---
@@ -148,6 +368,7 @@ async fn receive(
 /// A running notifier with its own prefix, and what the test needs around it.
 struct Harness {
     names: Names,
+    queues: Vec<String>,
     store: Store,
     publisher: Publisher,
     ops: SocketAddr,
@@ -155,11 +376,14 @@ struct Harness {
     service: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A config for `prefix` with fast retries.
+/// A config for `prefix` with fast retries and short attempts.
 fn test_config(prefix: &str) -> Config {
     let mut config = Config::local(prefix);
-    config.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
-    config.webhook_timeout = Duration::from_secs(2);
+    config.retry_schedule = SCHEDULE.parse().unwrap();
+    config.attempt_timeout = Duration::from_secs(2);
+    // Nothing listens there unless a test starts an SMTP server.
+    config.smtp_url = "smtp://127.0.0.1:1".into();
+    config.smtp_from = "Lifeline <lifeline@example.com>".into();
     config
 }
 
@@ -174,6 +398,7 @@ impl Harness {
 
     async fn start_with(config: Config) -> Self {
         let names = config.common.names.clone();
+        let queues = config.queues();
         let store = Store::open(REDIS_URL, names.clone(), Caps::default()).unwrap();
         let publisher = Publisher::new(AMQP_URL, names.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -182,6 +407,7 @@ impl Harness {
         let service = tokio::spawn(run(config, listener, shutdown.clone()));
         Self {
             names,
+            queues,
             store,
             publisher,
             ops,
@@ -201,41 +427,95 @@ impl Harness {
             .expect("notifier returns Ok");
     }
 
-    async fn channel(&self, url: &str) -> Channel {
+    async fn put(&self, name: &str, kind: ChannelKind) -> Channel {
         let c = Channel {
             id: new_id(),
-            name: "test".into(),
-            kind: ChannelKind::Webhook {
-                url: url.into(),
-                secret: String::new(),
-            },
+            name: name.into(),
+            kind,
             created_at: 1,
         };
         self.store.put_channel(&c).await.unwrap();
         c
     }
 
+    /// A webhook channel with a fresh secret.
+    async fn webhook(&self, url: &str) -> Channel {
+        let secret = format!("whsec_{}", STANDARD.encode(new_id().repeat(2)));
+        self.put(
+            "hook",
+            ChannelKind::Webhook {
+                url: url.into(),
+                secret,
+            },
+        )
+        .await
+    }
+
+    async fn slack(&self, url: &str) -> Channel {
+        self.put("#ops", ChannelKind::Slack { url: url.into() })
+            .await
+    }
+
+    async fn email(&self, to: &[&str]) -> Channel {
+        self.put(
+            "oncall",
+            ChannelKind::Email {
+                to: to.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        )
+        .await
+    }
+
     async fn publish(&self, job: &AlertJob) {
         self.publisher.publish_alert(job).await.unwrap();
     }
 
-    async fn record(&self, job: &AlertJob, channel_id: &str) -> DeliveryRecord {
-        wait_for("a delivery record", || async {
+    /// The record of (alert, channel) once it is final.
+    async fn final_record(&self, job: &AlertJob, channel: &Channel) -> DeliveryRecord {
+        wait_for("a final delivery record", || async {
             self.store
-                .delivery(&job.alert_id, channel_id)
+                .delivery(&job.alert_id, &channel.id)
                 .await
                 .unwrap()
+                .filter(|r| r.outcome == "succeeded" || r.outcome == "failed")
         })
         .await
     }
 
-    /// Messages ready in the alerts queue (not counting those held by a consumer).
-    async fn queued(&self) -> u32 {
+    /// The attempt log of `job` for `channel`.
+    async fn attempts(&self, job: &AlertJob, channel: &Channel) -> Vec<AttemptRecord> {
+        let all = self.store.attempts(&job.alert_id).await.unwrap();
+        all.into_iter()
+            .filter(|a| a.channel_id == channel.id)
+            .collect()
+    }
+
+    /// Takes every message out of the dead-letter queue.
+    async fn dead_letters(&self) -> Vec<DeliveryJob> {
+        let conn = lifeline_shared::amqp::connect(AMQP_URL).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = ch
+            .basic_get(
+                self.names.dead_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            out.push(serde_json::from_slice(&msg.delivery.data).unwrap());
+        }
+        let _ = conn.close(200, "bye".into()).await;
+        out
+    }
+
+    /// Messages ready in `queue` (not counting those held by a consumer).
+    async fn queued(&self, queue: &str) -> u32 {
         let conn = lifeline_shared::amqp::connect(AMQP_URL).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
-                self.names.alerts_queue().as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -246,6 +526,30 @@ impl Harness {
             .unwrap();
         let _ = conn.close(200, "bye".into()).await;
         q.message_count()
+    }
+
+    /// Messages ready in the alerts and deliveries queues together.
+    async fn backlog(&self) -> u32 {
+        self.queued(&self.names.alerts_queue()).await
+            + self.queued(&self.names.deliveries_queue()).await
+    }
+
+    /// Waits until no job is ready in the alerts, deliveries or recheck
+    /// queues for longer than a recheck takes, so a job passing through a
+    /// delay queue cannot be missed.
+    async fn wait_quiet(&self) {
+        let quiet_since = std::cell::Cell::new(None::<Instant>);
+        wait_for("the queues to stay empty", || async {
+            let busy = self.backlog().await + self.queued(&self.names.retry_queue(1000)).await;
+            if busy > 0 {
+                quiet_since.set(None);
+                return None;
+            }
+            let since = quiet_since.get().unwrap_or_else(Instant::now);
+            quiet_since.set(Some(since));
+            (since.elapsed() > Duration::from_millis(1500)).then_some(())
+        })
+        .await;
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -259,12 +563,21 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // Let a still-running notifier stop first, so that it does not
+        // declare again what is being deleted.
+        if let Some(service) = &self.service {
+            let until = Instant::now() + Duration::from_secs(10);
+            while !service.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let names = self.names.clone();
+        let queues = self.queues.clone();
         // Best effort, on a runtime of its own so it also runs after a panic.
         let cleaned = std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
-                .block_on(clean_up(names))
+                .block_on(clean_up(names, queues))
         })
         .join();
         if let Ok(Err(e)) = cleaned {
@@ -273,7 +586,7 @@ impl Drop for Harness {
     }
 }
 
-async fn clean_up(names: Names) -> anyhow::Result<()> {
+async fn clean_up(names: Names, queues: Vec<String>) -> anyhow::Result<()> {
     let client = redis::Client::open(REDIS_URL)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut cursor = 0u64;
@@ -296,11 +609,10 @@ async fn clean_up(names: Names) -> anyhow::Result<()> {
     }
     let amqp = lifeline_shared::amqp::connect(AMQP_URL).await?;
     let ch = amqp.create_channel().await?;
-    ch.queue_delete(
-        names.alerts_queue().as_str().into(),
-        QueueDeleteOptions::default(),
-    )
-    .await?;
+    for queue in &queues {
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
     ch.exchange_delete(
         names.alerts_exchange().as_str().into(),
         ExchangeDeleteOptions::default(),
@@ -318,7 +630,7 @@ fn job(channels: &[&Channel]) -> AlertJob {
         event: AlertEvent::Down,
         monitor: MonitorRef {
             id: monitor,
-            name: "nightly backup".into(),
+            name: "nightly-backup".into(),
         },
         reason: Reason::Reported,
         msg: Some("disk full".into()),
@@ -329,30 +641,54 @@ fn job(channels: &[&Channel]) -> AlertJob {
     }
 }
 
-// --- tests ---
+fn delivery_id(job: &AlertJob, channel: &Channel) -> String {
+    DeliveryJob::new(job.clone(), &channel.id).delivery_id
+}
+
+fn header(hit: &Hit, name: &str) -> String {
+    hit.headers[name].to_str().unwrap().to_owned()
+}
+
+fn secret(channel: &Channel) -> &str {
+    match &channel.kind {
+        ChannelKind::Webhook { secret, .. } => secret,
+        _ => panic!("not a webhook"),
+    }
+}
+
+// --- tests: webhooks ---
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivers_one_post_with_the_documented_payload_and_never_twice() {
-    // Prefetch 1: jobs are handled one after the other, so once a later job
-    // is delivered every earlier one has been settled.
+async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
+    // Prefetch 1: jobs are handled one after the other.
     let mut h = Harness::start(|c| c.prefetch = 1).await;
-    let rx = Receiver::start(&[], Duration::ZERO).await;
-    let hook = h.channel(&rx.url("hook")).await;
-    let marker = h.channel(&rx.url("marker")).await;
+    let rx = Receiver::start().await;
+    let hook = h.webhook(&rx.url("hook")).await;
+    let marker = h.webhook(&rx.url("marker")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
-    let rec = h.record(&alert, &hook.id).await;
+    let rec = h.final_record(&alert, &hook).await;
     assert_eq!(rec.outcome, "succeeded");
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.http_status, Some(200));
     assert_eq!(rec.error, None);
+    let log = h.attempts(&alert, &hook).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(log[0].attempt, 1);
+    assert_eq!(log[0].channel_type, "webhook");
+    assert_eq!(log[0].http_status, Some(200));
 
-    // The same job again (as after an evaluator crash), then a marker job.
+    // The same alert again (as after an evaluator crash), then a marker.
     h.publish(&alert).await;
     let after = job(&[&marker]);
     h.publish(&after).await;
-    assert_eq!(h.record(&after, &marker.id).await.outcome, "succeeded");
+    assert_eq!(h.final_record(&after, &marker).await.outcome, "succeeded");
+    wait_for("both alert jobs settled", || async {
+        (h.backlog().await == 0).then_some(())
+    })
+    .await;
 
     let hits = rx.hits("hook");
     assert_eq!(hits.len(), 1, "{hits:?}");
@@ -362,7 +698,7 @@ async fn delivers_one_post_with_the_documented_payload_and_never_twice() {
         json!({
             "event": "monitor.down",
             "alert_id": alert.alert_id,
-            "monitor": {"id": alert.monitor.id, "name": "nightly backup"},
+            "monitor": {"id": alert.monitor.id, "name": "nightly-backup"},
             "reason": "reported",
             "msg": "disk full",
             "value": 97.5,
@@ -370,11 +706,13 @@ async fn delivers_one_post_with_the_documented_payload_and_never_twice() {
             "last_beat_at": "2023-11-14T22:13:20.123Z",
         })
     );
-    assert_eq!(hit.headers["content-type"], "application/json");
+    assert_eq!(header(hit, "content-type"), "application/json");
     assert_eq!(
-        hit.headers["user-agent"],
-        format!("Lifeline/{}", env!("CARGO_PKG_VERSION")).as_str()
+        header(hit, "user-agent"),
+        format!("Lifeline/{}", env!("CARGO_PKG_VERSION"))
     );
+    assert_eq!(header(hit, "webhook-id"), delivery_id(&alert, &hook));
+    verify_signature(hit, secret(&hook));
 
     // Ops routes.
     assert_eq!(h.get("/healthz").await.0, 200);
@@ -391,7 +729,7 @@ async fn delivers_one_post_with_the_documented_payload_and_never_twice() {
     );
 
     h.stop().await;
-    assert_eq!(h.queued().await, 0);
+    assert_eq!(h.backlog().await, 0);
     assert_eq!(rx.hits("hook").len(), 1);
 }
 
@@ -399,53 +737,125 @@ async fn delivers_one_post_with_the_documented_payload_and_never_twice() {
 async fn concurrent_duplicates_deliver_once() {
     let mut h = Harness::start(|c| c.prefetch = 32).await;
     // A slow receiver, so both copies are in flight together.
-    let rx = Receiver::start(&[], Duration::from_millis(300)).await;
-    let hook = h.channel(&rx.url("hook")).await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "hook",
+        &[],
+        Reply {
+            delay: Duration::from_millis(300),
+            ..Reply::status(200)
+        },
+    );
+    let hook = h.webhook(&rx.url("hook")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
     h.publish(&alert).await;
-    assert_eq!(h.record(&alert, &hook.id).await.outcome, "succeeded");
-    wait_for("both copies taken by the notifier", || async {
-        (h.queued().await == 0).then_some(())
-    })
-    .await;
-    // Shutdown settles every job in flight before it returns.
+    assert_eq!(h.final_record(&alert, &hook).await.outcome, "succeeded");
+    // The second copy waits for the claim in a delay queue, then is dropped.
+    h.wait_quiet().await;
     h.stop().await;
-    assert_eq!(h.queued().await, 0);
+    assert_eq!(h.backlog().await, 0);
     assert_eq!(rx.hits("hook").len(), 1);
+    assert_eq!(h.attempts(&alert, &hook).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_until_the_receiver_accepts() {
+async fn retries_go_through_delay_queues_with_the_same_webhook_id() {
     let mut h = Harness::start(|_| {}).await;
-    let rx = Receiver::start(&[500, 500], Duration::ZERO).await;
-    let hook = h.channel(&rx.url("hook")).await;
+    let rx = Receiver::start().await;
+    rx.script("hook", &[Reply::status(500); 3], Reply::status(200));
+    let hook = h.webhook(&rx.url("hook")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
-    let rec = h.record(&alert, &hook.id).await;
+    let rec = h.final_record(&alert, &hook).await;
     assert_eq!(rec.outcome, "succeeded");
-    assert_eq!(rec.attempts, 3);
+    assert_eq!(rec.attempts, 4);
     assert_eq!(rec.http_status, Some(200));
     assert_eq!(rec.error, None);
 
+    let log = h.attempts(&alert, &hook).await;
+    let outcomes: Vec<_> = log.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, AttemptOutcome::Retrying),
+            (2, AttemptOutcome::Retrying),
+            (3, AttemptOutcome::Retrying),
+            (4, AttemptOutcome::Succeeded),
+        ]
+    );
+    for a in &log[..3] {
+        assert_eq!(a.http_status, Some(500));
+        assert_eq!(a.error.as_deref(), Some("receiver answered HTTP 500"));
+        let next = a.next_retry_at.expect("a retry time");
+        assert!(next - a.at >= 200, "{a:?}");
+    }
+    assert_eq!(log[3].next_retry_at, None);
+
+    let hits = rx.hits("hook");
+    assert_eq!(hits.len(), 4);
+    let id = delivery_id(&alert, &hook);
+    for hit in &hits {
+        assert_eq!(header(hit, "webhook-id"), id);
+        verify_signature(hit, secret(&hook));
+    }
+    for pair in hits.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(190), "retried after {gap:?}");
+    }
+
     h.stop().await;
-    assert_eq!(rx.hits("hook").len(), 3);
-    assert_eq!(h.queued().await, 0);
+    assert_eq!(h.backlog().await, 0);
+    assert!(h.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_is_dead_lettered_after_one_attempt() {
+    let mut h = Harness::start(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script("gone", &[], Reply::status(404));
+    let hook = h.webhook(&rx.url("gone")).await;
+
+    let alert = job(&[&hook]);
+    h.publish(&alert).await;
+    let rec = h.final_record(&alert, &hook).await;
+    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(rec.http_status, Some(404));
+    assert_eq!(rec.error.as_deref(), Some("receiver answered HTTP 404"));
+
+    let log = h.attempts(&alert, &hook).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].outcome, AttemptOutcome::Failed);
+    assert_eq!(log[0].http_status, Some(404));
+    assert_eq!(log[0].next_retry_at, None);
+
+    // Dead-lettered before the record was written.
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery_id, delivery_id(&alert, &hook));
+    assert_eq!(dead[0].attempt, 1);
+    assert_eq!(dead[0].alert, alert);
+
+    h.stop().await;
+    assert_eq!(rx.hits("gone").len(), 1);
+    assert_eq!(h.backlog().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
     let mut h = Harness::start(|_| {}).await;
-    let rx = Receiver::start(&[500, 500, 500], Duration::ZERO).await;
+    let rx = Receiver::start().await;
+    rx.script("refusing", &[], Reply::status(503));
     // A port nothing listens on.
     let dead_addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dead = h.channel(&format!("http://{dead_addr}/hook")).await;
-    let refusing = h.channel(&rx.url("refusing")).await;
+    let unreachable = h.webhook(&format!("http://{dead_addr}/hook")).await;
+    let refusing = h.webhook(&rx.url("refusing")).await;
     let missing = Channel {
         id: new_id(),
         name: "gone".into(),
@@ -456,85 +866,148 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
         created_at: 1,
     };
 
-    let alert = job(&[&dead, &refusing, &missing]);
+    let alert = job(&[&unreachable, &refusing, &missing]);
     h.publish(&alert).await;
 
-    let rec = h.record(&alert, &dead.id).await;
+    let rec = h.final_record(&alert, &unreachable).await;
     assert_eq!(rec.outcome, "failed");
-    assert_eq!(rec.attempts, 3);
+    assert_eq!(rec.attempts, 4);
     assert_eq!(rec.http_status, None);
     let error = rec.error.expect("an error is recorded");
     assert!(
-        !error.contains(&dead_addr.to_string()),
+        !error.contains(&dead_addr.port().to_string()),
         "url leaked: {error}"
     );
 
-    let rec = h.record(&alert, &refusing.id).await;
+    let rec = h.final_record(&alert, &refusing).await;
     assert_eq!(rec.outcome, "failed");
-    assert_eq!(rec.attempts, 3);
-    assert_eq!(rec.http_status, Some(500));
+    assert_eq!(rec.attempts, 4);
+    assert_eq!(rec.http_status, Some(503));
 
-    let rec = h.record(&alert, &missing.id).await;
+    let rec = h.final_record(&alert, &missing).await;
     assert_eq!(rec.outcome, "failed");
-    assert_eq!(rec.attempts, 0);
+    assert_eq!(rec.attempts, 1);
+    let log = h.attempts(&alert, &missing).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].channel_type, "unknown");
+    assert!(log[0].error.as_deref().unwrap().contains("no longer exists"));
+
+    // Each was dead-lettered before its record was written.
+    let mut dead: Vec<String> = h
+        .dead_letters()
+        .await
+        .into_iter()
+        .map(|j| j.channel_id)
+        .collect();
+    dead.sort();
+    let mut expected = vec![unreachable.id, refusing.id, missing.id];
+    expected.sort();
+    assert_eq!(dead, expected);
 
     h.stop().await;
-    assert_eq!(
-        h.queued().await,
-        0,
-        "the job is acked once all are recorded"
-    );
-    assert_eq!(rx.hits("refusing").len(), 3);
+    assert_eq!(h.backlog().await, 0);
+    assert_eq!(rx.hits("refusing").len(), 4);
     assert!(rx.hits("missing").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_jobs_are_dropped_without_stopping_the_consumer() {
+async fn test_jobs_get_exactly_one_attempt_and_no_dead_letter() {
+    let mut h = Harness::start(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script("failing", &[], Reply::status(500));
+    let failing = h.webhook(&rx.url("failing")).await;
+    let working = h.webhook(&rx.url("working")).await;
+
+    // A test job as the API may publish it: straight to the deliveries queue.
+    let mut alert = job(&[&failing]);
+    alert.event = AlertEvent::Test;
+    alert.reason = Reason::Test;
+    let mut test_job = DeliveryJob::new(alert.clone(), &failing.id);
+    test_job.test = true;
+    h.publisher
+        .publish_delivery(&h.names.deliveries_queue(), &test_job)
+        .await
+        .unwrap();
+    let rec = h.final_record(&alert, &failing).await;
+    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(rec.http_status, Some(500));
+    let log = h.attempts(&alert, &failing).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].outcome, AttemptOutcome::Failed);
+
+    // A test alert through the alerts queue reaches a webhook as `test`.
+    let mut other = job(&[&working]);
+    other.event = AlertEvent::Test;
+    other.reason = Reason::Test;
+    h.publish(&other).await;
+    assert_eq!(h.final_record(&other, &working).await.outcome, "succeeded");
+    let hits = rx.hits("working");
+    assert_eq!(hits[0].body["event"], "test");
+    assert_eq!(hits[0].body["reason"], "test");
+
+    h.stop().await;
+    assert_eq!(rx.hits("failing").len(), 1, "never retried");
+    assert!(h.dead_letters().await.is_empty(), "never dead-lettered");
+    assert_eq!(h.backlog().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_jobs_are_dropped_without_stopping_the_consumers() {
     let mut h = Harness::start(|c| c.prefetch = 1).await;
-    let rx = Receiver::start(&[], Duration::ZERO).await;
-    let hook = h.channel(&rx.url("hook")).await;
+    let rx = Receiver::start().await;
+    let hook = h.webhook(&rx.url("hook")).await;
 
     // The exchange exists once the publisher has published.
     let first = job(&[&hook]);
     h.publish(&first).await;
-    h.record(&first, &hook.id).await;
+    h.final_record(&first, &hook).await;
 
     let conn = lifeline_shared::amqp::connect(AMQP_URL).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    for body in [&b"not json"[..], br#"{"v":1,"alert_id":"x"}"#] {
-        ch.basic_publish(
-            h.names.alerts_exchange().as_str().into(),
-            ALERT_ROUTING_KEY.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    for (exchange, key) in [
+        (h.names.alerts_exchange(), ALERT_ROUTING_KEY.to_owned()),
+        (String::new(), h.names.deliveries_queue()),
+    ] {
+        for body in [&b"not json"[..], br#"{"v":1,"alert_id":"x"}"#] {
+            ch.basic_publish(
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
     }
     let _ = conn.close(200, "bye".into()).await;
 
     let after = job(&[&hook]);
     h.publish(&after).await;
-    assert_eq!(h.record(&after, &hook.id).await.outcome, "succeeded");
+    assert_eq!(h.final_record(&after, &hook).await.outcome, "succeeded");
+    wait_for("every message settled", || async {
+        (h.backlog().await == 0).then_some(())
+    })
+    .await;
 
     h.stop().await;
-    assert_eq!(h.queued().await, 0, "malformed jobs are not requeued");
+    assert_eq!(h.backlog().await, 0, "malformed jobs are not requeued");
     assert_eq!(rx.hits("hook").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_keeps_the_job_on_the_queue() {
     let prefix = format!("ntf-{}", new_id());
-    let rx = Receiver::start(&[], Duration::ZERO).await;
+    let rx = Receiver::start().await;
 
     // A notifier whose Redis is unreachable.
     let mut broken = test_config(&prefix);
     broken.common.redis_url = "redis://127.0.0.1:1".into();
     let mut h = Harness::start_with(broken).await;
-    let hook = h.channel(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url("hook")).await;
     let alert = job(&[&hook]);
     h.publish(&alert).await;
 
@@ -545,18 +1018,252 @@ async fn a_redis_outage_keeps_the_job_on_the_queue() {
     .await;
     assert_eq!(status, 503, "{body}");
     wait_for("the job taken by the notifier", || async {
-        (h.queued().await == 0).then_some(())
+        (h.queued(&h.names.alerts_queue()).await == 0).then_some(())
     })
     .await;
     h.stop().await;
     assert!(rx.hits("hook").is_empty());
-    assert_eq!(h.queued().await, 1, "the job went back to the queue");
+    assert_eq!(
+        h.queued(&h.names.alerts_queue()).await,
+        1,
+        "the job went back to the queue"
+    );
 
     // Redis is back (a notifier that can reach it): the job is delivered.
     let mut fixed = Harness::start_with(test_config(&prefix)).await;
-    assert_eq!(fixed.record(&alert, &hook.id).await.outcome, "succeeded");
+    assert_eq!(
+        fixed.final_record(&alert, &hook).await.outcome,
+        "succeeded"
+    );
     fixed.stop().await;
     assert_eq!(rx.hits("hook").len(), 1);
-    assert_eq!(fixed.queued().await, 0);
+    assert_eq!(fixed.backlog().await, 0);
     drop(h);
+}
+
+// --- tests: email ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_through_a_real_smtp_server() {
+    let smtp = SmtpServer::start().await;
+    let mut h = Harness::start(|c| c.smtp_url = smtp.url()).await;
+    let mail = h
+        .email(&["ops@example.com", "Oncall <oncall@example.com>"])
+        .await;
+
+    let mut down = job(&[&mail]);
+    down.msg = Some("<script>alert('x')</script> & more".into());
+    h.publish(&down).await;
+    let rec = h.final_record(&down, &mail).await;
+    assert_eq!(rec.outcome, "succeeded", "{rec:?}");
+    assert_eq!(rec.attempts, 1);
+    let log = h.attempts(&down, &mail).await;
+    assert_eq!(log[0].channel_type, "email");
+    let reply = log[0].smtp_reply.as_deref().expect("the SMTP reply");
+    assert!(reply.starts_with("250"), "{reply}");
+
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["subject"], "[Lifeline] nightly-backup is DOWN");
+    assert_eq!(m["content_type"], "multipart/alternative");
+    assert_eq!(m["mail_from"], "lifeline@example.com");
+    assert_eq!(m["rcpt_tos"], json!(["ops@example.com", "oncall@example.com"]));
+    assert_eq!(
+        m["message_id"],
+        format!("<{}@example.com>", delivery_id(&down, &mail))
+    );
+    let text = m["text"].as_str().expect("a plain-text part");
+    for expected in [
+        "nightly-backup is DOWN",
+        "the job reported status=down",
+        "<script>alert('x')</script> & more",
+        "Down since: 2023-11-14 22:14:20 UTC (",
+        " ago)",
+        "Last beat:  2023-11-14 22:13:20 UTC",
+        &down.monitor.id,
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let html = m["html"].as_str().expect("an HTML part");
+    assert!(!html.contains("<script>"), "unescaped:\n{html}");
+    for expected in [
+        "nightly-backup is DOWN",
+        "the job reported status=down",
+        "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more",
+        "2023-11-14 22:14:20 UTC",
+        "2023-11-14 22:13:20 UTC",
+        &down.monitor.id,
+    ] {
+        assert!(html.contains(expected), "{expected:?} not in:\n{html}");
+    }
+
+    // A recovery says so.
+    let mut up = job(&[&mail]);
+    up.event = AlertEvent::Up;
+    up.reason = Reason::Recovered;
+    h.publish(&up).await;
+    assert_eq!(h.final_record(&up, &mail).await.outcome, "succeeded");
+    let subjects: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        subjects.contains(&"[Lifeline] nightly-backup is UP".to_owned()),
+        "{subjects:?}"
+    );
+
+    h.stop().await;
+    assert_eq!(h.backlog().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_refusals_are_permanent_and_deferrals_retried() {
+    let smtp = SmtpServer::start().await;
+    let mut h = Harness::start(|c| c.smtp_url = smtp.url()).await;
+    let rejected = h.email(&["reject@example.com"]).await;
+    let deferred = h.email(&["later@example.com"]).await;
+    let invalid = h.email(&["not an address"]).await;
+
+    let alert = job(&[&rejected, &deferred, &invalid]);
+    h.publish(&alert).await;
+
+    let rec = h.final_record(&alert, &rejected).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 1));
+    let log = h.attempts(&alert, &rejected).await;
+    let reply = log[0].smtp_reply.as_deref().unwrap();
+    assert!(reply.starts_with("550"), "{reply}");
+
+    let rec = h.final_record(&alert, &invalid).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 1));
+    assert!(rec.error.unwrap().contains("not an email address"));
+
+    let rec = h.final_record(&alert, &deferred).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 4));
+    let log = h.attempts(&alert, &deferred).await;
+    assert_eq!(log.len(), 4);
+    assert!(log[..3].iter().all(|a| a.outcome == AttemptOutcome::Retrying));
+    assert!(
+        log[0].smtp_reply.as_deref().unwrap().starts_with("451"),
+        "{log:?}"
+    );
+
+    assert_eq!(h.dead_letters().await.len(), 3);
+    assert!(smtp.messages().is_empty());
+    h.stop().await;
+}
+
+// --- tests: Slack ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_honours_retry_after_and_one_message_per_second() {
+    let mut h = Harness::start(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script(
+        "limited",
+        &[Reply {
+            retry_after: Some(1),
+            ..Reply::status(429)
+        }],
+        Reply::status(200),
+    );
+    let limited = h.slack(&rx.url("limited")).await;
+    let busy = h.slack(&rx.url("busy")).await;
+
+    // A 429 with Retry-After: 1, then 200: one delivery, after the wait.
+    let alert = job(&[&limited]);
+    h.publish(&alert).await;
+    let rec = h.final_record(&alert, &limited).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("succeeded", 2));
+    let log = h.attempts(&alert, &limited).await;
+    assert_eq!(log[0].outcome, AttemptOutcome::Retrying);
+    assert_eq!(log[0].http_status, Some(429));
+    assert!(log[0].next_retry_at.unwrap() - log[0].at >= 1000, "{log:?}");
+    let hits = rx.hits("limited");
+    assert_eq!(hits.len(), 2);
+    let waited = hits[1].at - hits[0].at;
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+
+    // The payload: a fallback text and blocks.
+    let body = &hits[1].body;
+    let text = body["text"].as_str().expect("text");
+    assert!(text.contains(":red_circle:"), "{text}");
+    assert!(text.contains("nightly-backup is DOWN"), "{text}");
+    let blocks = body["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks[0]["type"], "header");
+    assert_eq!(
+        blocks[0]["text"]["text"],
+        ":red_circle: nightly-backup is DOWN"
+    );
+    let all = body["blocks"].to_string();
+    for expected in [
+        "the job reported status=down",
+        "disk full",
+        "Down since",
+        "2023-11-14 22:13:20 UTC",
+        &alert.monitor.id,
+    ] {
+        assert!(all.contains(expected), "{expected:?} not in {all}");
+    }
+
+    // Two alerts for one webhook URL: at least a second apart.
+    let first = job(&[&busy]);
+    let second = job(&[&busy]);
+    h.publish(&first).await;
+    h.publish(&second).await;
+    assert_eq!(h.final_record(&first, &busy).await.outcome, "succeeded");
+    assert_eq!(h.final_record(&second, &busy).await.outcome, "succeeded");
+    let hits = rx.hits("busy");
+    assert_eq!(hits.len(), 2);
+    let gap = hits[1].at - hits[0].at;
+    assert!(gap >= Duration::from_secs(1), "only {gap:?} apart");
+    // Waiting for the rate limit is not an attempt.
+    assert_eq!(h.attempts(&first, &busy).await.len(), 1);
+    assert_eq!(h.attempts(&second, &busy).await.len(), 1);
+
+    h.stop().await;
+    assert_eq!(h.backlog().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_slack_holds_up_neither_email_nor_webhook() {
+    let smtp = SmtpServer::start().await;
+    let mut h = Harness::start(|c| c.smtp_url = smtp.url()).await;
+    let rx = Receiver::start().await;
+    // Slack answers 500, slowly, every time.
+    rx.script(
+        "slack",
+        &[],
+        Reply {
+            delay: Duration::from_millis(1500),
+            ..Reply::status(500)
+        },
+    );
+    let slack = h.slack(&rx.url("slack")).await;
+    let mail = h.email(&["ops@example.com"]).await;
+    let hook = h.webhook(&rx.url("hook")).await;
+
+    let alert = job(&[&slack, &mail, &hook]);
+    let published = Instant::now();
+    h.publish(&alert).await;
+    let email_rec = h.final_record(&alert, &mail).await;
+    let hook_rec = h.final_record(&alert, &hook).await;
+    let took = published.elapsed();
+    assert_eq!(email_rec.outcome, "succeeded");
+    assert_eq!(hook_rec.outcome, "succeeded");
+    assert!(
+        took < Duration::from_millis(1500),
+        "email and webhook waited for Slack: {took:?}"
+    );
+
+    let rec = h.final_record(&alert, &slack).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 4));
+    assert_eq!(rx.hits("slack").len(), 4);
+
+    h.stop().await;
+    assert_eq!(smtp.messages().len(), 1, "the email is sent once");
+    assert_eq!(rx.hits("hook").len(), 1, "the webhook is called once");
+    assert_eq!(h.dead_letters().await.len(), 1);
+    assert_eq!(h.backlog().await, 0);
 }

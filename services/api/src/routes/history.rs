@@ -1,12 +1,16 @@
 //! What happened to a monitor: its beats, its state changes with the
-//! delivery of the alerts they raised, and the delivery log of one alert.
-//! This is how an operator tells a timeout that is too short from a job that
-//! really stopped (the gaps between beats) and sees whether an alert reached
-//! its channels.
+//! delivery of the alerts they raised, and the delivery log of one alert
+//! (the outcome per channel and every attempt, as the notifiers recorded
+//! them). This is how an operator tells a timeout that is too short from a
+//! job that really stopped (the gaps between beats) and sees whether, when
+//! and why an alert reached its channels or not.
 
 use axum::{Json, extract::State};
 use futures::{StreamExt, TryStreamExt, stream};
-use lifeline_shared::model::{BeatRecord, BeatStatus, DeliveryRecord, Reason, StateChange, Status};
+use lifeline_shared::model::{
+    AttemptOutcome, AttemptRecord, BeatRecord, BeatStatus, DeliveryRecord, Reason, StateChange,
+    Status,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -40,15 +44,16 @@ impl From<&BeatRecord> for BeatView {
     }
 }
 
-/// One delivery of an alert to a channel.
+/// The outcome of delivering an alert to one channel.
 #[derive(Debug, Serialize)]
-struct DeliveryView {
+pub(super) struct DeliveryView {
     channel_id: String,
     outcome: String,
     attempts: u32,
     at: String,
     http_status: Option<u16>,
     error: Option<String>,
+    next_retry_at: Option<String>,
 }
 
 impl DeliveryView {
@@ -60,6 +65,39 @@ impl DeliveryView {
             at: super::time(r.at),
             http_status: r.http_status,
             error: r.error,
+            next_retry_at: r.next_retry_at.map(super::time),
+        }
+    }
+}
+
+/// One delivery attempt.
+#[derive(Debug, Serialize)]
+pub(super) struct AttemptView {
+    at: String,
+    channel_id: String,
+    channel_type: String,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    http_status: Option<u16>,
+    smtp_reply: Option<String>,
+    error: Option<String>,
+    next_retry_at: Option<String>,
+    duration_ms: u64,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        Self {
+            at: super::time(a.at),
+            channel_id: a.channel_id,
+            channel_type: a.channel_type,
+            attempt: a.attempt,
+            outcome: a.outcome,
+            http_status: a.http_status,
+            smtp_reply: a.smtp_reply,
+            error: a.error,
+            next_retry_at: a.next_retry_at.map(super::time),
+            duration_ms: a.duration_ms,
         }
     }
 }
@@ -74,6 +112,7 @@ struct EventView {
     msg: Option<String>,
     alert_id: Option<String>,
     deliveries: Vec<DeliveryView>,
+    attempts: Vec<AttemptView>,
 }
 
 /// Answers 404 unless monitor `id` exists.
@@ -85,14 +124,20 @@ async fn ensure_monitor(app: &AppState, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The delivery records of an alert, by channel id.
-async fn deliveries(app: &AppState, alert_id: &str) -> Result<Vec<DeliveryView>, ApiError> {
-    let mut records = app.store.deliveries(alert_id).await?;
+/// The delivery records of an alert, by channel id, and its attempts,
+/// oldest first.
+async fn delivery_log(
+    app: &AppState,
+    alert_id: &str,
+) -> Result<(Vec<DeliveryView>, Vec<AttemptView>), ApiError> {
+    let (mut records, attempts) =
+        tokio::try_join!(app.store.deliveries(alert_id), app.store.attempts(alert_id))?;
     records.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(records
+    let deliveries = records
         .into_iter()
         .map(|(channel, r)| DeliveryView::new(channel, r))
-        .collect())
+        .collect();
+    Ok((deliveries, attempts.into_iter().map(Into::into).collect()))
 }
 
 /// `GET /api/v1/monitors/{id}/beats?limit=N`: newest first.
@@ -121,9 +166,9 @@ pub(crate) async fn events(
         .map(|c: StateChange| {
             let app = app.clone();
             async move {
-                let deliveries = match &c.alert_id {
-                    Some(alert_id) => deliveries(&app, alert_id).await?,
-                    None => Vec::new(),
+                let (deliveries, attempts) = match &c.alert_id {
+                    Some(alert_id) => delivery_log(&app, alert_id).await?,
+                    None => (Vec::new(), Vec::new()),
                 };
                 Ok::<_, ApiError>(EventView {
                     at: super::time(c.at),
@@ -133,6 +178,7 @@ pub(crate) async fn events(
                     msg: c.msg,
                     alert_id: c.alert_id,
                     deliveries,
+                    attempts,
                 })
             }
         })
@@ -142,22 +188,44 @@ pub(crate) async fn events(
     Ok(Json(json!({ "events": events })))
 }
 
-/// `GET /api/v1/alerts/{alert_id}`: 404 when no delivery is recorded.
+/// Whether `id` could be an alert id: `<monitor id>.<change number>`, or
+/// `test.<id>` for a test alert (checked before any Redis lookup).
+fn plausible_alert_id(id: &str) -> bool {
+    id.split_once('.')
+        .is_some_and(|(a, b)| input::plausible_id(a) && input::plausible_id(b))
+}
+
+/// `GET /api/v1/alerts/{alert_id}`: 404 when neither a delivery nor an
+/// attempt is recorded.
 pub(crate) async fn alert(
     State(app): State<AppState>,
     PathId(alert_id): PathId,
 ) -> Result<Json<Value>, ApiError> {
-    let plausible = alert_id
-        .split_once('.')
-        .is_some_and(|(m, n)| input::plausible_id(m) && n.parse::<u64>().is_ok());
-    if !plausible {
+    if !plausible_alert_id(&alert_id) {
         return Err(ApiError::NotFound("alert not found"));
     }
-    let deliveries = deliveries(&app, &alert_id).await?;
-    if deliveries.is_empty() {
+    let (deliveries, attempts) = delivery_log(&app, &alert_id).await?;
+    if deliveries.is_empty() && attempts.is_empty() {
         return Err(ApiError::NotFound("alert not found"));
     }
-    Ok(Json(
-        json!({ "alert_id": alert_id, "deliveries": deliveries }),
-    ))
+    Ok(Json(json!({
+        "alert_id": alert_id,
+        "deliveries": deliveries,
+        "attempts": attempts,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_ids() {
+        for good in ["abc123.4", "test.k3j9x0a1b2c3d4e5"] {
+            assert!(plausible_alert_id(good), "{good}");
+        }
+        for bad in ["garbage", "a.", ".1", "a.b.c", "a:b.1", "{s1}.2"] {
+            assert!(!plausible_alert_id(bad), "{bad}");
+        }
+    }
 }

@@ -1,0 +1,9 @@
+//! The cross-service test binary: every flow runs the real services against
+//! the real brokers, each test under its own name prefix.
+//!
+//! * `pipeline`: the four services in-process, end to end;
+//! * `failures`: the services as real processes, killed and restarted, with
+//!   private broker instances restarted under them.
+
+mod failures;
+mod pipeline;
