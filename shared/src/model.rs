@@ -49,6 +49,26 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// A pulse: published by every ingest replica every 250 ms into the beats
+/// stream, so evaluators know up to when the push path worked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulse {
+    /// Wire version.
+    pub v: u8,
+    /// When it was sent (ms).
+    pub at: i64,
+}
+
+/// A window during which the push path was down (no pulse got through):
+/// monitors could not beat, so deadlines inside it are extended by its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// Last pulse before the gap (ms).
+    pub start: i64,
+    /// First pulse after the gap (ms).
+    pub end: i64,
+}
+
 /// A beat as kept in a monitor's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BeatRecord {

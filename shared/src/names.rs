@@ -22,6 +22,8 @@
 //! | `P:attempts:<alert id>` | list | every delivery attempt of the alert |
 //! | `P:claim:<delivery id>` | string | the notifier attempting a delivery (expires) |
 //! | `P:rate:<sha256>` | string | a destination's rate-limit slot (expires) |
+//! | `P:{pulse}:watermark` | string | newest ingest pulse applied (ms): deadlines fire only up to it |
+//! | `P:{pulse}:outages` | sorted set | push-path outages `{"start","end"}` by start |
 
 /// Number of deadline shards. Fixed: changing it moves every monitor.
 pub const SHARDS: u16 = 256;
@@ -82,6 +84,11 @@ impl Names {
     /// Wildcard covering every beat subject.
     pub fn beats_subjects(&self) -> String {
         format!("{}.beats.>", self.prefix)
+    }
+
+    /// Subject of ingest's pulses (inside the beats stream).
+    pub fn pulse_subject(&self) -> String {
+        format!("{}.beats.pulse", self.prefix)
     }
 
     /// Durable pull consumer shared by all evaluator replicas.
@@ -186,6 +193,16 @@ impl Names {
     /// Rate-limit slot of a destination (e.g. one Slack webhook URL).
     pub fn rate_slot(&self, destination_hash: &str) -> String {
         format!("{}:rate:{destination_hash}", self.prefix)
+    }
+
+    /// Push-path watermark: the newest pulse time applied (ms).
+    pub fn watermark(&self) -> String {
+        format!("{}:{{pulse}}:watermark", self.prefix)
+    }
+
+    /// Outages of the push path, scored by start.
+    pub fn outages(&self) -> String {
+        format!("{}:{{pulse}}:outages", self.prefix)
     }
 
     /// Pattern matching every Redis key of this prefix (test clean-up only).

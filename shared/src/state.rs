@@ -13,8 +13,8 @@
 //!   deadline), then the recovery.
 
 use crate::model::{
-    AlertEvent, AlertJob, BeatRecord, BeatStatus, MonitorConfig, MonitorRef, MonitorState, Reason,
-    StateChange, Status, WIRE_VERSION,
+    AlertEvent, AlertJob, BeatRecord, BeatStatus, MonitorConfig, MonitorRef, MonitorState, Outage,
+    Reason, StateChange, Status, WIRE_VERSION,
 };
 
 /// Something that may move a monitor's state.
@@ -24,7 +24,8 @@ pub enum Input<'a> {
     Beat(&'a BeatRecord),
     /// The clock: fires a passed deadline.
     Tick {
-        /// Current time (ms).
+        /// Current time (ms): up to when the push path is known to have
+        /// worked (the pulse watermark), not later than the wall clock.
         now: i64,
     },
     /// Pause through the API.
@@ -153,18 +154,43 @@ impl Stepper<'_> {
         }
     }
 
-    /// Fires the deadline if it passed at or before `now`.
-    fn fire_deadline(&mut self, now: i64) {
-        if let (Status::Up, Some(deadline)) = (self.s.status, self.s.deadline)
-            && deadline <= now
-        {
-            self.change(Status::Down, Reason::Timeout, deadline, None);
+    /// Fires the deadline if it passed at or before `now`, after extending
+    /// it by every push-path outage it fell into.
+    fn fire_deadline(&mut self, now: i64, outages: &[Outage]) {
+        if let (Status::Up, Some(deadline)) = (self.s.status, self.s.deadline) {
+            let extended = extend(deadline, outages);
+            self.s.deadline = Some(extended);
+            if extended <= now {
+                self.change(Status::Down, Reason::Timeout, extended, None);
+            }
         }
     }
 }
 
-/// Applies `input` to `state` for monitor `id` whose timeout is `timeout_ms`.
-pub fn step(id: &str, state: &MonitorState, timeout_ms: i64, input: Input<'_>) -> Outcome {
+/// `deadline` pushed back by the length of each outage it falls into
+/// (`start < deadline <= end`), oldest first, so a deadline extended into a
+/// later outage is extended again.
+pub fn extend(deadline: i64, outages: &[Outage]) -> i64 {
+    let mut sorted: Vec<&Outage> = outages.iter().collect();
+    sorted.sort_by_key(|o| o.start);
+    sorted.iter().fold(deadline, |d, o| {
+        if o.start < d && d <= o.end {
+            d + (o.end - o.start)
+        } else {
+            d
+        }
+    })
+}
+
+/// Applies `input` to `state` for monitor `id` whose timeout is `timeout_ms`;
+/// `outages` are the known push-path outages (see [`extend`]).
+pub fn step(
+    id: &str,
+    state: &MonitorState,
+    timeout_ms: i64,
+    input: Input<'_>,
+    outages: &[Outage],
+) -> Outcome {
     let mut st = Stepper {
         id,
         s: state.clone(),
@@ -177,7 +203,7 @@ pub fn step(id: &str, state: &MonitorState, timeout_ms: i64, input: Input<'_>) -
         Input::Beat(b) if b.seq < st.s.last_seq => disposition = BeatDisposition::Late,
         Input::Beat(b) => {
             disposition = BeatDisposition::Applied;
-            st.fire_deadline(b.at);
+            st.fire_deadline(b.at, outages);
             let beat_at = st.s.last_beat_at.map_or(b.at, |prev| prev.max(b.at));
             match (st.s.status, b.status) {
                 (Status::Paused, _) | (Status::Down, BeatStatus::Down) => {}
@@ -198,7 +224,7 @@ pub fn step(id: &str, state: &MonitorState, timeout_ms: i64, input: Input<'_>) -
                 st.s.deadline = Some(beat_at + timeout_ms);
             }
         }
-        Input::Tick { now } => st.fire_deadline(now),
+        Input::Tick { now } => st.fire_deadline(now, outages),
         Input::Pause { now } => {
             if st.s.status != Status::Paused {
                 st.change(Status::Paused, Reason::Paused, now, None);
@@ -255,7 +281,7 @@ mod tests {
     }
 
     fn run(state: &MonitorState, input: Input<'_>) -> Outcome {
-        step("m", state, T, input)
+        step("m", state, T, input, &[])
     }
 
     fn state(
@@ -472,10 +498,65 @@ mod tests {
     #[test]
     fn retime_moves_deadline_from_last_beat() {
         let s = state(Status::Up, Some(T), Some(1_000), 1);
-        let o = step("m", &s, 60_000, Input::Retime);
+        let o = step("m", &s, 60_000, Input::Retime, &[]);
         assert_eq!(o.state.deadline, Some(61_000));
         let d = state(Status::Down, None, Some(1_000), 1);
-        assert_eq!(step("m", &d, 60_000, Input::Retime).state, d);
+        assert_eq!(step("m", &d, 60_000, Input::Retime, &[]).state, d);
+    }
+
+    #[test]
+    fn a_deadline_inside_an_outage_is_extended_by_its_length() {
+        let s = state(Status::Up, Some(T), Some(0), 1);
+        let outage = Outage {
+            start: T - 3_000,
+            end: T + 5_000,
+        };
+        // At the end of the outage: nothing fires, the deadline moved by 8 s.
+        let o = step("m", &s, T, Input::Tick { now: T + 5_000 }, &[outage]);
+        assert!(o.alerts.is_empty());
+        assert_eq!(o.state.deadline, Some(T + 8_000));
+        // Once the extended deadline passes, the timeout fires, dated at it.
+        let o = step("m", &o.state, T, Input::Tick { now: T + 8_000 }, &[outage]);
+        assert_eq!(o.alerts.len(), 1);
+        assert_eq!(o.alerts[0].at, T + 8_000);
+        // A beat arriving right after the outage is no late beat.
+        let o = step("m", &s, T, Input::Beat(&up(2, T + 5_100)), &[outage]);
+        assert!(o.alerts.is_empty(), "{:?}", o.alerts);
+        assert_eq!(o.state.status, Status::Up);
+    }
+
+    #[test]
+    fn a_deadline_outside_an_outage_still_fires() {
+        let s = state(Status::Up, Some(T), Some(0), 1);
+        let before = Outage {
+            start: T - 9_000,
+            end: T - 1,
+        };
+        let after = Outage {
+            start: T,
+            end: T + 5_000,
+        };
+        let o = step("m", &s, T, Input::Tick { now: T }, &[before, after]);
+        assert_eq!(
+            o.alerts.len(),
+            1,
+            "a deadline at the outage's first instant was missed before it"
+        );
+        assert_eq!(o.alerts[0].at, T);
+    }
+
+    #[test]
+    fn chained_outages_extend_again() {
+        let a = Outage {
+            start: 90,
+            end: 110,
+        };
+        let b = Outage {
+            start: 115,
+            end: 200,
+        };
+        assert_eq!(extend(100, &[b, a]), 120 + 85);
+        assert_eq!(extend(50, &[a, b]), 50);
     }
 
     #[test]

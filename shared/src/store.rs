@@ -14,7 +14,9 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
 use crate::{
-    model::{AlertJob, BeatRecord, Channel, Monitor, MonitorConfig, MonitorState, StateChange},
+    model::{
+        AlertJob, BeatRecord, Channel, Monitor, MonitorConfig, MonitorState, Outage, StateChange,
+    },
     names::{Names, shard_of},
     state::{BeatDisposition, Input, Outcome, step},
 };
@@ -157,6 +159,26 @@ const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
+
+// KEYS: watermark, outages. ARGV: pulse time, gap (ms), outages kept.
+const PULSE_LUA: &str = r#"
+local w = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(ARGV[1])
+if at <= w then return false end
+redis.call('SET', KEYS[1], ARGV[1])
+if w > 0 and at - w > tonumber(ARGV[2]) then
+  local outage = '{"start":' .. w .. ',"end":' .. at .. '}'
+  redis.call('ZADD', KEYS[2], w, outage)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
+  return outage
+end
+return false
+"#;
+
+/// Outages kept (the newest).
+const OUTAGES_KEPT: usize = 1000;
+
+static PULSE: LazyLock<Script> = LazyLock::new(|| Script::new(PULSE_LUA));
 
 /// How long delivery records and attempt logs are kept.
 const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -368,7 +390,24 @@ impl Store {
             };
             let new_cfg = patch(&before.cfg).filter(|c| *c != before.cfg);
             let cfg = new_cfg.as_ref().unwrap_or(&before.cfg);
-            let outcome = step(id, &before.state, i64::from(cfg.timeout) * 1000, input);
+            // Outages matter only when a deadline is about to fire: read
+            // them only then (rare), not on every beat.
+            let firing_at = match input {
+                Input::Beat(b) => Some(b.at),
+                Input::Tick { now } => Some(now),
+                _ => None,
+            };
+            let outages = match (before.state.deadline, firing_at) {
+                (Some(d), Some(t)) if d <= t => self.outages().await?,
+                _ => Vec::new(),
+            };
+            let outcome = step(
+                id,
+                &before.state,
+                i64::from(cfg.timeout) * 1000,
+                input,
+                &outages,
+            );
             let beat = match (input, outcome.beat) {
                 (Input::Beat(b), BeatDisposition::Applied) => Some(b),
                 (Input::Beat(b), BeatDisposition::Late) => {
@@ -407,6 +446,36 @@ impl Store {
                 CommitResult::Missing => return Ok(None),
             }
         }
+    }
+
+    /// Advances the push-path watermark to a pulse sent at `at`; a gap of
+    /// more than `gap_ms` since the previous pulse is recorded as an outage,
+    /// which is returned.
+    pub async fn pulse(&self, at: i64, gap_ms: i64) -> Result<Option<Outage>> {
+        let r: Option<String> = PULSE
+            .key(self.names.watermark())
+            .key(self.names.outages())
+            .arg(at)
+            .arg(gap_ms)
+            .arg(OUTAGES_KEPT)
+            .invoke_async(&mut self.conn())
+            .await?;
+        r.map(|raw| parse(&self.names.outages(), &raw)).transpose()
+    }
+
+    /// The push-path watermark: the newest pulse applied (ms), if any.
+    pub async fn watermark(&self) -> Result<Option<i64>> {
+        Ok(self.conn().get(self.names.watermark()).await?)
+    }
+
+    /// The most recent push-path outages, oldest first.
+    pub async fn outages(&self) -> Result<Vec<Outage>> {
+        let key = self.names.outages();
+        let raw: Vec<String> = self
+            .conn()
+            .zrange(&key, -(OUTAGES_KEPT as isize), -1)
+            .await?;
+        raw.iter().map(|r| parse(&key, r)).collect()
     }
 
     /// Records a beat that arrived after a newer one was applied, once.

@@ -268,6 +268,113 @@ impl PrivateRedis {
     }
 }
 
+/// A private RabbitMQ node on free ports, with its own data directory
+/// (owned by the `rabbitmq` user, as `rabbitmq-server` drops to it).
+pub struct PrivateRabbit {
+    /// Its AMQP port.
+    pub port: u16,
+    dist_port: u16,
+    node: String,
+    dir: tempdir::Dir,
+    proc: Option<Proc>,
+}
+
+impl PrivateRabbit {
+    /// Starts it (about 10 s).
+    pub async fn start() -> Self {
+        let dir = tempdir::Dir::new("rabbit");
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq", &dir.path().to_string_lossy()])
+            .status();
+        let _ = Command::new("chmod")
+            .args(["755", &dir.path().to_string_lossy()])
+            .status();
+        let mut r = Self {
+            port: free_port(),
+            dist_port: free_port(),
+            node: format!("lifeline-{}@localhost", lifeline_shared::token::new_id()),
+            dir,
+            proc: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Kills the node (SIGKILL to the Erlang VM).
+    pub fn kill(&mut self) {
+        let pid_file = self.dir.path().join("pid");
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            let _ = std::fs::remove_file(&pid_file);
+        }
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// (Re)starts it on the same ports and data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let d = self.dir.path().to_string_lossy().into_owned();
+        let env: HashMap<String, String> = [
+            ("HOME", d.clone()),
+            ("RABBITMQ_NODENAME", self.node.clone()),
+            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
+            ("RABBITMQ_NODE_PORT", self.port.to_string()),
+            ("RABBITMQ_DIST_PORT", self.dist_port.to_string()),
+            ("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia")),
+            ("RABBITMQ_LOG_BASE", format!("{d}/log")),
+            ("RABBITMQ_FEATURE_FLAGS_FILE", format!("{d}/ff")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/plugins")),
+            ("RABBITMQ_PID_FILE", format!("{d}/pid")),
+            ("RABBITMQ_CONFIG_FILE", format!("{d}/rabbitmq")),
+            (
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                format!("{d}/advanced.config"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        self.proc = Some(Proc::spawn(
+            "rabbitmq",
+            std::path::Path::new("rabbitmq-server"),
+            &[],
+            &env,
+        ));
+        wait_port(self.port, Duration::from_secs(90)).await;
+        // The port opens before the broker accepts logins: wait for a real connection.
+        let url = self.url();
+        crate::wait_for(
+            Duration::from_secs(60),
+            "rabbitmq accepting connections",
+            || {
+                let url = url.clone();
+                async move {
+                    let c =
+                        lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                            .await
+                            .ok()?;
+                    let _ = c.close(200, "ready".into()).await;
+                    Some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A temporary directory removed on drop (std only).
 pub mod tempdir {
     use std::path::{Path, PathBuf};

@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/monitors/{id}/beats", get(history::beats))
         .route("/api/v1/monitors/{id}/events", get(history::events))
         .route("/api/v1/alerts/{alert_id}", get(history::alert))
+        .route("/api/v1/outages", get(history::outages))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

@@ -7,6 +7,10 @@
 //! jobs) is committed to Redis; a crash before the ack means a redelivery,
 //! which the state machine recognises by its stream sequence (invariants 1,
 //! 3, 5).
+//!
+//! Ingest's pulses travel in the same stream; each advances the push-path
+//! watermark in Redis (up to which deadlines may fire), and a gap between
+//! two is recorded as an outage of the push path.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
-    model::{AlertJob, BeatEvent, BeatRecord},
+    model::{AlertJob, BeatEvent, BeatRecord, Pulse},
     names::Names,
     nats,
     state::Input,
@@ -25,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Beats held in one lane's queue.
 const LANE_QUEUE: usize = 256;
+
+/// A gap between pulses longer than this is an outage of the push path
+/// (ingest pulses every 250 ms).
+const OUTAGE_GAP_MS: i64 = 2000;
 
 /// Unacknowledged beats the consumer may hold across all replicas.
 const MAX_ACK_PENDING: i64 = 8192;
@@ -91,6 +99,7 @@ async fn consume(
         .await
         .context("pulling beats")?;
     tracing::info!(consumer = %names.evaluator_consumer(), "consuming beats");
+    let pulse_subject = names.pulse_subject();
 
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = Vec::with_capacity(lanes);
@@ -118,6 +127,10 @@ async fn consume(
             }
             Some(Ok(msg)) => msg,
         };
+        if msg.subject.as_str() == pulse_subject {
+            handle_pulse(store, msg).await;
+            continue;
+        }
         let event: BeatEvent = match serde_json::from_slice(&msg.payload) {
             Ok(event) => event,
             Err(error) => {
@@ -139,6 +152,45 @@ async fn consume(
         let _ = w.await;
     }
     result
+}
+
+/// Advances the push-path watermark; records an outage after a gap.
+async fn handle_pulse(store: &Store, msg: jetstream::Message) {
+    let pulse: Pulse = match serde_json::from_slice(&msg.payload) {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(%error, "malformed pulse dropped from the stream");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    // Dated by JetStream's storage time, not the sender's clock: a pulse
+    // buffered by a disconnected client and flushed after the outage must
+    // not paper over the gap.
+    let at = msg
+        .info()
+        .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or(pulse.at);
+    match store.pulse(at, OUTAGE_GAP_MS).await {
+        Ok(outage) => {
+            if let Some(o) = outage {
+                tracing::warn!(
+                    outage.start = %lifeline_shared::time::rfc3339(o.start),
+                    outage.end = %lifeline_shared::time::rfc3339(o.end),
+                    duration_ms = o.end - o.start,
+                    "push path outage recorded: deadlines inside it are extended by its length"
+                );
+                metrics::counter!("lifeline_evaluator_outages_total").increment(1);
+            }
+            let _ = msg.ack().await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "pulse not applied; it will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                .await;
+        }
+    }
 }
 
 /// Applies the beats of its monitors in order; acknowledges each once committed.

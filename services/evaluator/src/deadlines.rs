@@ -6,6 +6,11 @@
 //! passed while every evaluator was stopped is fired by the first tick after
 //! a start (invariant 4). Replicas may tick the same monitor at once: the
 //! version check lets only one write the change.
+//!
+//! "Now" is the push-path watermark (the newest ingest pulse applied), not
+//! the wall clock: while no pulse gets through (every ingest down, or NATS
+//! down) nothing times out, and once pulses resume the gap is an outage
+//! that extends the deadlines inside it (see `lifeline_shared::state::extend`).
 
 use std::time::Duration;
 
@@ -35,7 +40,24 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let now = now_ms();
+        // Deadlines fire only up to the newest pulse: a deadline the push
+        // path has not been seen working through may fall in an outage.
+        let now = match store.watermark().await {
+            Ok(Some(watermark)) => {
+                let wall = now_ms();
+                metrics::gauge!("lifeline_evaluator_watermark_lag_seconds")
+                    .set((wall - watermark).max(0) as f64 / 1000.0);
+                watermark.min(wall)
+            }
+            Ok(None) => continue, // no pulse yet: no ingest has ever run
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot read the pulse watermark; retrying every tick");
+                    failing = true;
+                }
+                continue;
+            }
+        };
         let due = match store.due_all(now, DUE_PER_SHARD).await {
             Ok(due) => {
                 if failing {
@@ -71,7 +93,7 @@ async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) 
                 .filter(|_| !applied.jobs.is_empty())
             {
                 metrics::histogram!("lifeline_evaluator_detection_delay_seconds")
-                    .record((now - deadline).max(0) as f64 / 1000.0);
+                    .record((now_ms() - deadline).max(0) as f64 / 1000.0);
             }
             if applied.outcome.changes.is_empty() && applied.outcome.state.deadline.is_none() {
                 // Indexed without a deadline (should not happen): unindex.

@@ -9,6 +9,7 @@
 
 mod config;
 mod error;
+mod pulse;
 mod push;
 mod tokens;
 
@@ -34,11 +35,13 @@ struct Inner {
     nats: async_nats::Client,
     js: async_nats::jetstream::Context,
     tokens: tokens::TokenCache,
+    pulser: pulse::Pulser,
 }
 
 /// Connects to the brokers (lazily: the service starts while they are down)
 /// and builds the router.
-pub async fn build(config: Config) -> anyhow::Result<Router> {
+/// Pulses stop when `shutdown` is cancelled.
+pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Router> {
     let store = Store::open(
         &config.common.redis_url,
         config.common.names.clone(),
@@ -67,6 +70,7 @@ pub async fn build(config: Config) -> anyhow::Result<Router> {
         }
     });
     let tokens = tokens::TokenCache::new(config.token_cache_ttl);
+    let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
     let state = AppState {
         inner: Arc::new(Inner {
             config,
@@ -74,8 +78,11 @@ pub async fn build(config: Config) -> anyhow::Result<Router> {
             nats: client,
             js,
             tokens,
+            pulser,
         }),
     };
+    let pulsing = state.clone();
+    tokio::spawn(async move { pulsing.inner.pulser.run(shutdown).await });
     Ok(router(state))
 }
 
@@ -112,7 +119,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let app = build(config).await?;
+    let app = build(config, shutdown.clone()).await?;
     tracing::info!(%addr, "ingest listening");
     http::serve(listener, app, shutdown).await?;
     Ok(())

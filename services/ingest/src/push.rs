@@ -245,6 +245,11 @@ async fn publish(state: &AppState, event: &BeatEvent) -> Result<(), PushError> {
     ) {
         return Err(PushError::Unavailable);
     }
+    // After an outage, a pulse must precede the first beat (see `pulse`).
+    if !inner.pulser.ensure_fresh().await {
+        tracing::warn!(monitor.id = %event.monitor_id, "push path down (no pulse gets through): answering 503");
+        return Err(PushError::Unavailable);
+    }
     let subject = inner
         .config
         .common

@@ -6,8 +6,8 @@
 //! the message being handled is acked. So every delay actually used must be
 //! one of a small, known set of queues: the schedule's steps, the one-second
 //! recheck (rate limit, another replica holding the claim), and for a
-//! `Retry-After` longer than the schedule's step, the first rung of
-//! [`RETRY_AFTER_LADDER`] at least as long as asked.
+//! `Retry-After` longer than the schedule's step, the first rung of a fixed
+//! ladder (1 s, 2 s, 5 s, … 6 h, the cap) at least as long as asked.
 //!
 //! The schedule is written `5s,30s,2m,10m,1h,3h*7`: comma-separated delays
 //! with a unit (`ms`, `s`, `m`, `h`), each optionally repeated with `*N`.

@@ -427,6 +427,17 @@ impl Harness {
             .expect("notifier returns Ok");
     }
 
+    /// Kills the service mid-flight: its tasks are dropped and its
+    /// connections closed without settling anything, as when the process
+    /// dies (RabbitMQ then requeues what it held unacked).
+    async fn kill(&mut self) {
+        let service = self.service.take().expect("running");
+        service.abort();
+        assert!(service.await.unwrap_err().is_cancelled());
+        // The ops server runs on its own task: stop it too.
+        self.shutdown.cancel();
+    }
+
     async fn put(&self, name: &str, kind: ChannelKind) -> Channel {
         let c = Channel {
             id: new_id(),
@@ -890,7 +901,13 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
     let log = h.attempts(&alert, &missing).await;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].channel_type, "unknown");
-    assert!(log[0].error.as_deref().unwrap().contains("no longer exists"));
+    assert!(
+        log[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no longer exists")
+    );
 
     // Each was dead-lettered before its record was written.
     let mut dead: Vec<String> = h
@@ -1031,14 +1048,61 @@ async fn a_redis_outage_keeps_the_job_on_the_queue() {
 
     // Redis is back (a notifier that can reach it): the job is delivered.
     let mut fixed = Harness::start_with(test_config(&prefix)).await;
-    assert_eq!(
-        fixed.final_record(&alert, &hook).await.outcome,
-        "succeeded"
-    );
+    assert_eq!(fixed.final_record(&alert, &hook).await.outcome, "succeeded");
     fixed.stop().await;
     assert_eq!(rx.hits("hook").len(), 1);
     assert_eq!(fixed.backlog().await, 0);
     drop(h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_killed_mid_delivery_loses_nothing() {
+    let prefix = format!("ntf-{}", new_id());
+    let config = || {
+        let mut c = test_config(&prefix);
+        // The dead notifier's claim outlives it by this plus a margin.
+        c.attempt_timeout = Duration::from_secs(1);
+        c
+    };
+    let rx = Receiver::start().await;
+    // The first request hangs, so the notifier is killed while making it.
+    rx.script(
+        "hook",
+        &[Reply {
+            delay: Duration::from_secs(5),
+            ..Reply::status(200)
+        }],
+        Reply::status(200),
+    );
+    let mut first = Harness::start_with(config()).await;
+    let hook = first.webhook(&rx.url("hook")).await;
+    let alert = job(&[&hook]);
+    first.publish(&alert).await;
+    wait_for("the request in flight", || async {
+        (!rx.hits("hook").is_empty()).then_some(())
+    })
+    .await;
+    first.kill().await;
+
+    let mut second = Harness::start_with(config()).await;
+    let rec = second.final_record(&alert, &hook).await;
+    assert_eq!((rec.outcome.as_str(), rec.attempts), ("succeeded", 1));
+    second.wait_quiet().await;
+    second.stop().await;
+
+    let hits = rx.hits("hook");
+    assert_eq!(hits.len(), 2, "delivered again, once");
+    let id = delivery_id(&alert, &hook);
+    for hit in &hits {
+        assert_eq!(
+            header(hit, "webhook-id"),
+            id,
+            "a duplicate carries the same id"
+        );
+        verify_signature(hit, secret(&hook));
+    }
+    assert_eq!(second.backlog().await, 0);
+    drop(first);
 }
 
 // --- tests: email ---
@@ -1068,7 +1132,10 @@ async fn email_goes_through_a_real_smtp_server() {
     assert_eq!(m["subject"], "[Lifeline] nightly-backup is DOWN");
     assert_eq!(m["content_type"], "multipart/alternative");
     assert_eq!(m["mail_from"], "lifeline@example.com");
-    assert_eq!(m["rcpt_tos"], json!(["ops@example.com", "oncall@example.com"]));
+    assert_eq!(
+        m["rcpt_tos"],
+        json!(["ops@example.com", "oncall@example.com"])
+    );
     assert_eq!(
         m["message_id"],
         format!("<{}@example.com>", delivery_id(&down, &mail))
@@ -1143,7 +1210,11 @@ async fn smtp_refusals_are_permanent_and_deferrals_retried() {
     assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 4));
     let log = h.attempts(&alert, &deferred).await;
     assert_eq!(log.len(), 4);
-    assert!(log[..3].iter().all(|a| a.outcome == AttemptOutcome::Retrying));
+    assert!(
+        log[..3]
+            .iter()
+            .all(|a| a.outcome == AttemptOutcome::Retrying)
+    );
     assert!(
         log[0].smtp_reply.as_deref().unwrap().starts_with("451"),
         "{log:?}"

@@ -230,3 +230,270 @@ async fn futures_util_join<F: std::future::Future<Output = ()>>(futs: impl Itera
         .collect::<Vec<()>>()
         .await;
 }
+
+/// Creates `n` monitors with `timeout` on `channel` and makes each up; returns (id, token).
+async fn beating_monitors(
+    stack: &ProcStack,
+    n: usize,
+    timeout: u64,
+    channel: &str,
+) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = stack.monitor(&format!("m{i}"), timeout, &[channel]).await;
+        out.push((
+            m["id"].as_str().unwrap().to_owned(),
+            m["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    for (_, token) in &out {
+        assert_eq!(stack.push(token, "").await.0, 200);
+    }
+    out
+}
+
+async fn all_status(stack: &ProcStack, monitors: &[(String, String)], status: &str) -> bool {
+    for (id, _) in monitors {
+        if stack.get_json(&format!("/api/v1/monitors/{id}")).await["status"] != status {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_loses_no_alert_job() {
+    let mut rabbit = lifeline_tests::procs::PrivateRabbit::start().await;
+    let brokers = Brokers {
+        amqp_url: rabbit.url(),
+        ..Brokers::local()
+    };
+    let mut stack = ProcStack::start("rabbitrestart", &brokers, (1, 1, 1), &[]).await;
+    let hook = Receiver::start().await;
+    let channel = stack.webhook_channel(&hook.url).await;
+
+    // A: alert jobs queued in RabbitMQ (no notifier running) survive its restart.
+    stack.notifiers[0].proc.kill9();
+    let queued = beating_monitors(&stack, 10, 1, &channel).await;
+    wait_for(Duration::from_secs(20), "10 monitors down", || async {
+        all_status(&stack, &queued, "down").await.then_some(())
+    })
+    .await;
+    let names = stack.names();
+    let depth = || async {
+        let conn = lapin::Connection::connect(&rabbit.url(), Default::default())
+            .await
+            .ok()?;
+        let ch = conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                names.alerts_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .ok()?;
+        let n = q.message_count();
+        let _ = conn.close(200, "done".into()).await;
+        Some(n)
+    };
+    wait_for(Duration::from_secs(20), "10 alert jobs queued", || async {
+        (depth().await == Some(10)).then_some(())
+    })
+    .await;
+    rabbit.kill();
+    rabbit.restart().await;
+    stack.spawn_notifier();
+    hook.wait_events("monitor.down", 10, Duration::from_secs(60))
+        .await;
+
+    // B: alerts raised while RabbitMQ is down wait in the outbox, then go out.
+    let during = beating_monitors(&stack, 10, 2, &channel).await;
+    wait_for(Duration::from_secs(10), "10 more monitors up", || async {
+        all_status(&stack, &during, "up").await.then_some(())
+    })
+    .await;
+    rabbit.kill();
+    wait_for(
+        Duration::from_secs(20),
+        "their deadlines fired while RabbitMQ is down",
+        || async { all_status(&stack, &during, "down").await.then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        hook.events("monitor.down").len(),
+        10,
+        "nothing can be delivered yet"
+    );
+    rabbit.restart().await;
+    hook.wait_events("monitor.down", 20, Duration::from_secs(90))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let received = hook.received();
+    let ids: std::collections::HashSet<&str> = received
+        .iter()
+        .map(|v| v["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((received.len(), ids.len()), (20, 20), "every alert once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluators_killed_in_a_loop_still_alert_every_change_exactly_once() {
+    let mut stack = ProcStack::start("evalkill", &Brokers::local(), (1, 3, 1), &[]).await;
+    let hook = Receiver::start().await;
+    let channel = stack.webhook_channel(&hook.url).await;
+    let monitors = beating_monitors(&stack, 50, 1, &channel).await;
+
+    // For ~12 s: every 300 ms a random half of the monitors beat (others
+    // time out and recover, over and over), and every 2 s one evaluator is
+    // killed with SIGKILL and replaced.
+    let started = std::time::Instant::now();
+    let mut round = 0usize;
+    let mut next_kill = 0usize;
+    while started.elapsed() < Duration::from_secs(12) {
+        round += 1;
+        for (i, (_, token)) in monitors.iter().enumerate() {
+            if (i + round / 5).is_multiple_of(2) {
+                let query = if i.is_multiple_of(7) && round.is_multiple_of(9) {
+                    "status=down&msg=failed"
+                } else {
+                    ""
+                };
+                assert_eq!(stack.push(token, query).await.0, 200);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(2 * (next_kill as u64 + 1)) {
+            let victim = next_kill % stack.evaluators.len();
+            stack.evaluators[victim].proc.kill9();
+            let i = stack.spawn_evaluator();
+            stack.wait_ready(&[stack.evaluators[i].url()]).await;
+            next_kill += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(next_kill >= 4, "killed {next_kill} evaluators");
+    // Settle: every monitor ends up down (no more beats) and every alert is out.
+    wait_for(Duration::from_secs(30), "every monitor down", || async {
+        all_status(&stack, &monitors, "down").await.then_some(())
+    })
+    .await;
+    let expected: usize = {
+        let mut n = 0;
+        for (id, _) in &monitors {
+            let events = stack
+                .get_json(&format!("/api/v1/monitors/{id}/events?limit=1000"))
+                .await;
+            n += events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["alert_id"].is_string())
+                .count();
+        }
+        n
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "every state change delivered",
+        || async { (hook.received().len() >= expected).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let received = hook.received();
+    let ids: std::collections::HashSet<&str> = received
+        .iter()
+        .map(|v| v["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), expected, "every alerting state change delivered");
+    assert_eq!(received.len(), expected, "no alert delivered twice");
+    println!(
+        "evaluator kill loop: {next_kill} evaluators killed, {expected} state changes alerted exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_inside_a_push_path_outage_are_extended_not_alerted() {
+    let mut nats = PrivateNats::start().await;
+    let brokers = Brokers {
+        nats_url: nats.url(),
+        ..Brokers::local()
+    };
+    let stack = ProcStack::start("outage", &brokers, (1, 1, 1), &[]).await;
+    let hook = Receiver::start().await;
+    let channel = stack.webhook_channel(&hook.url).await;
+
+    // A real miss before the outage still alerts.
+    let before = beating_monitors(&stack, 1, 1, &channel).await;
+    hook.wait_events("monitor.down", 1, Duration::from_secs(10))
+        .await;
+    // These would time out in the middle of the outage.
+    let inside = beating_monitors(&stack, 20, 3, &channel).await;
+    wait_for(Duration::from_secs(10), "20 monitors up", || async {
+        all_status(&stack, &inside, "up").await.then_some(())
+    })
+    .await;
+
+    nats.kill();
+    let outage_started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nats.restart().await;
+    // Pushes get through again; the beats of the 20 come in right after.
+    wait_for(
+        Duration::from_secs(30),
+        "ingest accepting again",
+        || async { (stack.push(&inside[0].1, "msg=back").await.0 == 200).then_some(()) },
+    )
+    .await;
+    for (_, token) in &inside[1..] {
+        assert_eq!(stack.push(token, "msg=back").await.0, 200);
+    }
+    let outages = wait_for(Duration::from_secs(20), "the outage recorded", || async {
+        let v = stack.get_json("/api/v1/outages").await;
+        let list = v["outages"].as_array().cloned().unwrap_or_default();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    let ms = outages[0]["duration_ms"].as_i64().unwrap();
+    assert!(
+        ms >= 5_000 && ms <= outage_started.elapsed().as_millis() as i64 + 1_000,
+        "outage of {ms} ms"
+    );
+    assert!(
+        all_status(&stack, &inside, "up").await,
+        "an outage deadline alerted"
+    );
+    assert_eq!(
+        hook.events("monitor.down").len(),
+        1,
+        "{:?}",
+        hook.received()
+    );
+    // (They would time out again 3 s after their last beat: pause them.)
+    for (id, _) in &inside {
+        let r = stack
+            .api(
+                reqwest::Method::POST,
+                &format!("/api/v1/monitors/{id}/pause"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    assert_eq!(
+        hook.events("monitor.down").len(),
+        1,
+        "{:?}",
+        hook.received()
+    );
+    // A monitor missing its beat after the outage still alerts.
+    let after = beating_monitors(&stack, 1, 1, &channel).await;
+    let downs = hook
+        .wait_events("monitor.down", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(downs[0]["monitor"]["id"], before[0].0.as_str());
+    assert_eq!(downs[1]["monitor"]["id"], after[0].0.as_str());
+}

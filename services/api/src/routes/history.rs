@@ -215,6 +215,25 @@ pub(crate) async fn alert(
     })))
 }
 
+/// `GET /api/v1/outages`: windows in which the push path was down (no
+/// ingest pulse got through), newest first. Deadlines that fell inside one
+/// were extended by its length instead of alerting.
+pub(crate) async fn outages(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let outages = app.store.outages().await?;
+    let list: Vec<Value> = outages
+        .iter()
+        .rev()
+        .map(|o| {
+            json!({
+                "start": super::time(o.start),
+                "end": super::time(o.end),
+                "duration_ms": o.end - o.start,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "outages": list })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
