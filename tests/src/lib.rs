@@ -423,41 +423,97 @@ async fn cleanup_inner(names: Names, brokers: &procs::Brokers) {
     }
 }
 
-/// A webhook receiver: records every POST body; answers with the configured
-/// statuses in turn (then 200).
+/// Answered requests: `webhook-id` and body.
+type Log = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+/// A webhook receiver: records every POST body (and its `webhook-id`);
+/// can be told to hang on its first requests.
 #[derive(Clone)]
 pub struct Receiver {
     /// Its URL.
     pub url: String,
-    received: Arc<Mutex<Vec<Value>>>,
+    received: Log,
+    started: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    received: Log,
+    started: Arc<Mutex<Vec<Option<String>>>>,
+    hang_first: usize,
 }
 
 impl Receiver {
     /// Starts a receiver on port 0 that answers 200.
     pub async fn start() -> Self {
-        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        Self::start_hanging(0).await
+    }
+
+    /// Starts a receiver whose first `hang_first` requests never get an
+    /// answer (they are counted as started, not as received).
+    pub async fn start_hanging(hang_first: usize) -> Self {
+        let state = ReceiverState {
+            received: Arc::default(),
+            started: Arc::default(),
+            hang_first,
+        };
         let (l, addr) = listener().await;
         let app = Router::new()
             .route(
                 "/hook",
                 post(
-                    |State(r): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
-                        r.lock().expect("receiver lock").push(body);
+                    |State(s): State<ReceiverState>,
+                     headers: axum::http::HeaderMap,
+                     Json(body): Json<Value>| async move {
+                        let id = headers
+                            .get("webhook-id")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let n = {
+                            let mut started = s.started.lock().expect("receiver lock");
+                            started.push(id.clone());
+                            started.len()
+                        };
+                        if n <= s.hang_first {
+                            std::future::pending::<()>().await;
+                        }
+                        s.received.lock().expect("receiver lock").push((id, body));
                         (StatusCode::OK, "ok")
                     },
                 ),
             )
-            .with_state(received.clone());
+            .with_state(state.clone());
         tokio::spawn(async move { axum::serve(l, app).await });
         Self {
             url: format!("http://{addr}/hook"),
-            received,
+            received: state.received,
+            started: state.started,
         }
     }
 
-    /// Everything received so far.
+    /// Every body answered so far.
     pub fn received(&self) -> Vec<Value> {
-        self.received.lock().expect("receiver lock").clone()
+        self.received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The `webhook-id` of every answered request.
+    pub fn webhook_ids(&self) -> Vec<Option<String>> {
+        self.received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The `webhook-id` of every request begun (answered or hanging).
+    pub fn started(&self) -> Vec<Option<String>> {
+        self.started.lock().expect("receiver lock").clone()
     }
 
     /// Alerts received with this `event` (e.g. `monitor.down`).

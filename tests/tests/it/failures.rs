@@ -497,3 +497,125 @@ async fn deadlines_inside_a_push_path_outage_are_extended_not_alerted() {
     assert_eq!(downs[0]["monitor"]["id"], before[0].0.as_str());
     assert_eq!(downs[1]["monitor"]["id"], after[0].0.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_killed_mid_delivery_still_delivers_with_the_same_webhook_id() {
+    let mut stack = ProcStack::start(
+        "killnotifier",
+        &Brokers::local(),
+        (1, 1, 1),
+        &[
+            ("LIFELINE_WEBHOOK_TIMEOUT_MS", "2000"),
+            ("LIFELINE_RETRY_SCHEDULE", "500ms*5"),
+        ],
+    )
+    .await;
+    let hook = Receiver::start_hanging(1).await;
+    let channel = stack.webhook_channel(&hook.url).await;
+    beating_monitors(&stack, 1, 1, &channel).await;
+    // The notifier is in the middle of the (hanging) POST: kill it.
+    let first = wait_for(Duration::from_secs(10), "the delivery to begin", || async {
+        hook.started().first().cloned()
+    })
+    .await;
+    stack.notifiers[0].proc.kill9();
+    stack.spawn_notifier();
+    let downs = hook
+        .wait_events("monitor.down", 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(downs.len(), 1);
+    assert!(first.is_some(), "webhook-id header sent");
+    assert_eq!(
+        hook.webhook_ids()[0],
+        first,
+        "the redelivery carries the same webhook-id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_keys_and_secrets_never_reach_logs_or_redis() {
+    let stack = ProcStack::start(
+        "secrets",
+        &Brokers::local(),
+        (1, 1, 1),
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let hook = Receiver::start().await;
+    let channel = stack
+        .channel(serde_json::json!({"type": "webhook", "name": "ops", "url": hook.url}))
+        .await;
+    let secret = channel["secret"].as_str().unwrap().to_owned();
+    let m = stack
+        .monitor("job", 1, &[channel["id"].as_str().unwrap()])
+        .await;
+    let (id, token) = (
+        m["id"].as_str().unwrap().to_owned(),
+        m["token"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(stack.push(&token, "msg=hello").await.0, 200);
+    assert_eq!(stack.push(&token, "status=bogus").await.0, 400);
+    let rotated = stack
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/v1/monitors/{id}/token"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let new_token = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(stack.push(&new_token, "").await.0, 200);
+    wait_for(Duration::from_secs(2), "old token refused", || async {
+        (stack.push(&token, "").await.0 == 404).then_some(())
+    })
+    .await;
+    let r = stack
+        .http
+        .get(format!("{}/api/v1/monitors", stack.api_url))
+        .bearer_auth("wrong-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // An alert goes out through the signed webhook.
+    hook.wait_events("monitor.down", 1, Duration::from_secs(10))
+        .await;
+
+    let logs = stack.logs();
+    assert!(logs.len() > 1000, "the services logged (debug)");
+    let secret_key = secret.trim_start_matches("whsec_");
+    for (what, value) in [
+        ("push token", token.as_str()),
+        ("rotated push token", new_token.as_str()),
+        ("API key", lifeline_tests::API_KEY),
+        ("webhook secret", secret_key),
+    ] {
+        assert!(!logs.contains(value), "the {what} appears in the logs");
+    }
+    // A Redis dump does not reveal push tokens (stored hashed).
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(stack.names().redis_pattern())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let dump = String::from_utf8_lossy(&dump.unwrap_or_default()).into_owned();
+        for t in [&token, &new_token] {
+            assert!(
+                !key.contains(t.as_str()) && !dump.contains(t.as_str()),
+                "a push token is readable in Redis key {key}"
+            );
+        }
+    }
+}
