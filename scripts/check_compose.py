@@ -10,7 +10,15 @@ No Docker engine runs where the tests run, so this reads the files instead:
    a "LIFELINE_..." string literal in a .rs file under shared/src or
    services/*/src;
 3. the Dockerfile builds every binary with `cargo build` and its last stage
-   copies each one into /usr/local/bin, where the compose commands find it.
+   copies each one into /usr/local/bin, where the compose commands find it;
+4. services that run another image (the brokers, the reverse proxy) are
+   accepted as they are, but every file or directory a service bind-mounts
+   from the repository (`./deploy/nginx.conf:/etc/nginx/nginx.conf:ro`)
+   exists, and an nginx configuration mounted that way sends traffic only to
+   compose services, on the port a Lifeline service listens on (its
+   LIFELINE_*_ADDR);
+5. a service run as several replicas (`deploy.replicas` > 1) publishes no
+   fixed host port, which the replicas could not share.
 
 Prints one line per problem and exits 1, or a one-line summary and exits 0.
 Needs Python 3.11 (tomllib) and ruamel.yaml or PyYAML.
@@ -151,6 +159,122 @@ def check_compose(compose: dict, bins: dict[str, Bin], env_read: set[str], name:
     return problems, lifeline, setters
 
 
+class Mount(NamedTuple):
+    source: str  # as written in the compose file
+    target: str
+
+
+def bind_mounts(svc: dict) -> list[Mount]:
+    """The host paths a service bind-mounts (short or long `volumes` syntax);
+    named volumes are left out."""
+    mounts: list[Mount] = []
+    for item in svc.get("volumes") or []:
+        if isinstance(item, str):
+            parts = item.split(":")
+            if len(parts) >= 2:
+                source, target = parts[0], parts[1]
+                if source.startswith((".", "/", "~")):
+                    mounts.append(Mount(source, target))
+        elif isinstance(item, dict) and item.get("type") == "bind":
+            mounts.append(Mount(str(item.get("source", "")), str(item.get("target", ""))))
+    return mounts
+
+
+NGINX_COMMENT = re.compile(r"#[^\n]*")
+NGINX_SERVER = re.compile(r"^\s*server\s+([^\s;]+)", re.MULTILINE)
+NGINX_PROXY_PASS = re.compile(r"^\s*proxy_pass\s+https?://([^/\s;]+)", re.MULTILINE)
+NGINX_UPSTREAM = re.compile(r"^\s*upstream\s+([A-Za-z0-9_.-]+)\s*\{", re.MULTILINE)
+
+
+def nginx_destinations(text: str) -> list[str]:
+    """`host:port` (or `host`) of every upstream `server` and every
+    `proxy_pass` that names a host rather than an upstream group."""
+    text = NGINX_COMMENT.sub("", text)
+    groups = set(NGINX_UPSTREAM.findall(text))
+    found: list[str] = []
+    for block in re.finditer(r"upstream\s+[A-Za-z0-9_.-]+\s*\{([^}]*)\}", text):
+        found += NGINX_SERVER.findall(block.group(1))
+    for dest in NGINX_PROXY_PASS.findall(text):
+        if dest not in groups and "$" not in dest:
+            found.append(dest)
+    return found
+
+
+def listen_port(svc: dict) -> str | None:
+    """The port a Lifeline service listens on, from its LIFELINE_*_ADDR."""
+    environment = svc.get("environment")
+    if isinstance(environment, dict):
+        items = [(str(k), "" if v is None else str(v)) for k, v in environment.items()]
+    else:
+        items = [tuple((str(i).split("=", 1) + [""])[:2]) for i in environment or []]
+    for key, value in items:
+        if key.startswith("LIFELINE_") and key.endswith("_ADDR") and ":" in value:
+            return value.rsplit(":", 1)[1]
+    return None
+
+
+def replicas(svc: dict) -> int:
+    """`deploy.replicas`, 1 when absent or not a number."""
+    deploy = svc.get("deploy") or {}
+    try:
+        return int(deploy.get("replicas", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_mounts_and_replicas(
+    compose: dict, lifeline: dict[str, dict], compose_path: Path, name: str
+) -> list[str]:
+    """Checks 4 and 5 of the module doc: bind mounts, nginx destinations,
+    fixed host ports of replicated services."""
+    problems: list[str] = []
+    services = compose.get("services") or {}
+    base = compose_path.resolve().parent
+    for svc_name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue
+        for mount in bind_mounts(svc):
+            if "$" in mount.source or mount.source.startswith("~"):
+                continue  # depends on the environment; nothing to check here
+            host = (base / mount.source).resolve()
+            if not host.exists():
+                problems.append(
+                    f"{name}: service {svc_name!r} mounts {mount.source!r}, "
+                    f"which does not exist (at {host})"
+                )
+                continue
+            if host.is_file() and "nginx" in mount.target and mount.target.endswith(".conf"):
+                for dest in nginx_destinations(host.read_text(errors="replace")):
+                    target, _, port = dest.partition(":")
+                    if dest.startswith("unix:") or re.fullmatch(r"[0-9.]+|\[.*\]", target):
+                        continue  # a socket or an address, not a service name
+                    if target not in services:
+                        problems.append(
+                            f"{mount.source}: nginx sends traffic to {dest!r}, "
+                            f"but {name} has no service {target!r}"
+                        )
+                        continue
+                    expected = listen_port(lifeline[target]) if target in lifeline else None
+                    if expected and port != expected:
+                        problems.append(
+                            f"{mount.source}: nginx sends traffic to {dest!r}, but service "
+                            f"{target!r} listens on port {expected}"
+                        )
+        if replicas(svc) > 1:
+            for port in svc.get("ports") or []:
+                published = (
+                    port.get("published")
+                    if isinstance(port, dict)
+                    else (str(port).rsplit(":", 1)[0] if ":" in str(port) else None)
+                )
+                if published:
+                    problems.append(
+                        f"{name}: service {svc_name!r} runs {replicas(svc)} replicas but "
+                        f"publishes host port {port!r}, which only one of them can bind"
+                    )
+    return problems
+
+
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     out: list[tuple[str, str]] = []
@@ -284,6 +408,11 @@ def main() -> int:
         return 1
     found, lifeline, setters = check_compose(compose, bins, env_read, compose_path.name)
     problems += found
+    problems += check_mounts_and_replicas(compose, lifeline, compose_path, compose_path.name)
+    mounts = sum(
+        len(bind_mounts(svc)) for svc in (compose.get("services") or {}).values()
+        if isinstance(svc, dict)
+    )
 
     if dockerfile_path.is_file():
         problems += check_dockerfile(dockerfile_path.read_text(), bins, dockerfile_path.name)
@@ -298,7 +427,7 @@ def main() -> int:
     print(
         f"compose check: ok ({len(lifeline)} Lifeline services run {len(bins)} binaries, "
         f"all built and installed by the Dockerfile; {len(setters)} LIFELINE_* variables, "
-        f"all read by the sources)"
+        f"all read by the sources; {mounts} bind mount(s), all present)"
     )
     return 0
 
