@@ -125,6 +125,9 @@ pub enum Reason {
     Resumed,
     /// A test alert sent through `POST /api/v1/channels/{id}/test`.
     Test,
+    /// Still down: a repeated `monitor.down` alert, every `remind_every`
+    /// seconds while the monitor stays down.
+    Reminder,
 }
 
 /// The kind of alert.
@@ -169,6 +172,25 @@ pub struct MonitorConfig {
     pub token_hash: String,
     /// The token's first characters, to tell tokens apart.
     pub token_hint: String,
+    /// Seconds between `monitor.down` reminders while the monitor stays
+    /// down; `None` (the default): one down alert only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_every: Option<u32>,
+    /// Deadlines that must be missed in a row before a timeout alerts, 1 (the
+    /// default) to [`CONFIRM_MAX`]; a `status=down` report alerts at once.
+    #[serde(default = "confirm_default")]
+    pub confirm: u32,
+}
+
+/// Largest [`MonitorConfig::confirm`].
+pub const CONFIRM_MAX: u32 = 10;
+
+fn confirm_default() -> u32 {
+    1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A monitor's evaluated state, written only through the state machine.
@@ -176,7 +198,9 @@ pub struct MonitorConfig {
 pub struct MonitorState {
     /// Current status.
     pub status: Status,
-    /// When the monitor times out if no beat comes (ms); set only while up.
+    /// When the evaluator acts next if no beat comes (ms): while up, the
+    /// next deadline (a timeout, or one more miss of a `confirm` count);
+    /// while down with reminders, the next reminder; otherwise none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<i64>,
     /// Newest applied beat (ms).
@@ -190,6 +214,9 @@ pub struct MonitorState {
     /// Number of state changes so far; numbers alert ids.
     #[serde(default)]
     pub changes: u64,
+    /// Deadlines missed in a row while up, short of the monitor's `confirm`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub misses: u32,
 }
 
 impl MonitorState {
@@ -202,6 +229,7 @@ impl MonitorState {
             last_seq: 0,
             since: now,
             changes: 0,
+            misses: 0,
         }
     }
 }
@@ -222,7 +250,8 @@ pub struct Monitor {
 /// One state change, as kept in a monitor's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateChange {
-    /// When it took effect (ms): for a timeout, the deadline itself.
+    /// When it took effect (ms): for a timeout, the deadline itself; for a
+    /// reminder (down to down), when it was due.
     pub at: i64,
     /// Status before.
     pub from: Status,
@@ -230,7 +259,8 @@ pub struct StateChange {
     pub to: Status,
     /// Why.
     pub reason: Reason,
-    /// The beat's message, for `reported` and `recovered`.
+    /// The beat's message, for `reported` and `recovered`; for a `timeout`
+    /// that needed several missed deadlines, how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg: Option<String>,
     /// The alert this change raised, if any.
@@ -261,13 +291,15 @@ pub struct AlertJob {
     pub monitor: MonitorRef,
     /// Why.
     pub reason: Reason,
-    /// The beat's message, if any.
+    /// The beat's message, if any (for a `timeout` that needed several
+    /// missed deadlines, how many).
     #[serde(default)]
     pub msg: Option<String>,
     /// The beat's value, if any.
     #[serde(default)]
     pub value: Option<f64>,
-    /// When the state changed (ms).
+    /// When the state changed (ms): for a reminder, when the monitor went
+    /// down.
     pub at: i64,
     /// Newest beat before the change (ms).
     #[serde(default)]
@@ -446,6 +478,22 @@ mod tests {
         assert_eq!(v["event"], "monitor.down");
         assert_eq!(v["reason"], "timeout");
         assert_eq!(serde_json::from_value::<AlertJob>(v).unwrap(), job);
+    }
+
+    #[test]
+    fn settings_and_state_stored_before_reminders_and_confirm_still_parse() {
+        let cfg: MonitorConfig = serde_json::from_str(
+            r#"{"name":"n","timeout":60,"interval":60,"channels":[],"created_at":1,
+                "token_hash":"h","token_hint":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!((cfg.remind_every, cfg.confirm), (None, 1));
+        let st: MonitorState =
+            serde_json::from_str(r#"{"status":"up","deadline":5,"since":1,"changes":2}"#).unwrap();
+        assert_eq!(st.misses, 0);
+        let v = serde_json::to_value(&st).unwrap();
+        assert!(v.get("misses").is_none(), "{v}");
+        assert_eq!(serde_json::to_value(Reason::Reminder).unwrap(), "reminder");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | `P:{sN}:outbox` | hash | alert id → alert job not yet confirmed by RabbitMQ |
 //! | `P:{sN}:beats:<id>` | list | newest-first beat history, capped |
 //! | `P:{sN}:events:<id>` | list | newest-first state changes, capped |
+//! | `P:{sN}:pushrate:<id>` | string | the push-rate bucket of a monitor's token (GCRA arrival time, ms; expires when idle) |
 //! | `P:token:<sha256>` | string | monitor id of a push token (hashed) |
 //! | `P:monitors` | sorted set | monitor ids by creation time |
 //! | `P:channel:<id>` | string | channel JSON |
@@ -155,6 +156,13 @@ impl Names {
         format!("{}:{}:events:{id}", self.prefix, Self::tag(shard_of(id)))
     }
 
+    /// Push-rate bucket of a monitor's push token, shared by every ingest
+    /// replica: the GCRA theoretical arrival time (ms, Redis clock). It
+    /// expires a second after the token's full burst is available again.
+    pub fn push_rate(&self, id: &str) -> String {
+        format!("{}:{}:pushrate:{id}", self.prefix, Self::tag(shard_of(id)))
+    }
+
     /// Push token (by its SHA-256) → monitor id.
     pub fn token(&self, token_hash: &str) -> String {
         format!("{}:token:{token_hash}", self.prefix)
@@ -224,6 +232,7 @@ mod tests {
             n.monitor(id),
             n.beats(id),
             n.events(id),
+            n.push_rate(id),
             n.deadlines(shard_of(id)),
             n.outbox(shard_of(id)),
         ] {

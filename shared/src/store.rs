@@ -18,7 +18,7 @@ use crate::{
         AlertJob, BeatRecord, Channel, Monitor, MonitorConfig, MonitorState, Outage, StateChange,
     },
     names::{Names, shard_of},
-    state::{BeatDisposition, Input, Outcome, step},
+    state::{BeatDisposition, Input, Outcome, Rules, step},
 };
 
 /// A Redis failure, or a record that does not parse.
@@ -374,7 +374,8 @@ impl Store {
 
     /// [`Store::apply`] that may also replace the settings in the same write:
     /// `patch` gets each attempt's freshly read settings and returns the new
-    /// ones (or `None` to keep them), and the step sees the new timeout.
+    /// ones (or `None` to keep them), and the step follows the new settings
+    /// (timeout, reminders, confirm).
     /// Deriving the patch from the fresh read means concurrent edits (say a
     /// token rotation and a rename) never overwrite each other with stale
     /// settings.
@@ -401,13 +402,7 @@ impl Store {
                 (Some(d), Some(t)) if d <= t => self.outages().await?,
                 _ => Vec::new(),
             };
-            let outcome = step(
-                id,
-                &before.state,
-                i64::from(cfg.timeout) * 1000,
-                input,
-                &outages,
-            );
+            let outcome = step(id, &before.state, &Rules::of(cfg), input, &outages);
             let beat = match (input, outcome.beat) {
                 (Input::Beat(b), BeatDisposition::Applied) => Some(b),
                 (Input::Beat(b), BeatDisposition::Late) => {

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use axum::{Router, extract::State, http::StatusCode, routing::post};
 use lifeline_shared::{names::Names, token};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -205,6 +205,7 @@ impl Client {
 /// The four services under one prefix, in-process.
 pub struct Stack {
     client: Client,
+    tune_notifier: fn(&mut lifeline_notifier::Config),
     /// Ops base URL of the evaluator.
     pub evaluator_url: String,
     ingest: Option<Running>,
@@ -224,6 +225,12 @@ impl std::ops::Deref for Stack {
 impl Stack {
     /// Starts ingest, API, evaluator and notifier under a new prefix `<tag>-<random>`.
     pub async fn start(tag: &str) -> Self {
+        Self::start_tuned(tag, |_| {}).await
+    }
+
+    /// [`Stack::start`] with the notifier's configuration adjusted by `tune`
+    /// (e.g. a shorter retry schedule).
+    pub async fn start_tuned(tag: &str, tune: fn(&mut lifeline_notifier::Config)) -> Self {
         let prefix = format!("{tag}-{}", token::new_id());
         let (ingest_l, ingest_addr) = listener().await;
         let ingest_url = format!("http://{ingest_addr}");
@@ -248,6 +255,7 @@ impl Stack {
         };
         let mut stack = Self {
             client: Client::new(&prefix, vec![ingest_url], format!("http://{api_addr}")),
+            tune_notifier: tune,
             evaluator_url: String::new(),
             ingest: Some(ingest),
             api: Some(api),
@@ -293,11 +301,9 @@ impl Stack {
         assert!(self.notifier.is_none(), "notifier already running");
         let (l, _) = listener().await;
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(lifeline_notifier::run(
-            lifeline_notifier::Config::local(&self.prefix),
-            l,
-            shutdown.clone(),
-        ));
+        let mut config = lifeline_notifier::Config::local(&self.prefix);
+        (self.tune_notifier)(&mut config);
+        let handle = tokio::spawn(lifeline_notifier::run(config, l, shutdown.clone()));
         self.notifier = Some(Running { shutdown, handle });
     }
 }
@@ -423,97 +429,125 @@ async fn cleanup_inner(names: Names, brokers: &procs::Brokers) {
     }
 }
 
-/// Answered requests: `webhook-id` and body.
-type Log = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// A webhook receiver: records every POST body (and its `webhook-id`);
-/// can be told to hang on its first requests.
-#[derive(Clone)]
-pub struct Receiver {
-    /// Its URL.
-    pub url: String,
-    received: Log,
-    started: Arc<Mutex<Vec<Option<String>>>>,
+/// One answered webhook request.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    /// `webhook-id` header.
+    pub id: Option<String>,
+    /// `webhook-timestamp` header.
+    pub timestamp: Option<String>,
+    /// `webhook-signature` header.
+    pub signature: Option<String>,
+    /// The raw body.
+    pub raw: Vec<u8>,
+    /// The body as JSON (`null` if it is not JSON).
+    pub body: Value,
 }
 
 #[derive(Clone)]
 struct ReceiverState {
-    received: Log,
+    hits: Arc<Mutex<Vec<Hit>>>,
     started: Arc<Mutex<Vec<Option<String>>>>,
     hang_first: usize,
+    fail_first: usize,
+    fail_status: StatusCode,
+}
+
+/// A webhook receiver on port 0: records every request; can be told to
+/// hang on, or fail, its first requests.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its URL.
+    pub url: String,
+    state: ReceiverState,
+}
+
+async fn receive(
+    State(s): State<ReceiverState>,
+    headers: axum::http::HeaderMap,
+    raw: axum::body::Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let id = header("webhook-id");
+    let n = {
+        let mut started = s.started.lock().expect("receiver lock");
+        started.push(id.clone());
+        started.len()
+    };
+    if n <= s.hang_first {
+        std::future::pending::<()>().await;
+    }
+    if n <= s.hang_first + s.fail_first {
+        return s.fail_status;
+    }
+    s.hits.lock().expect("receiver lock").push(Hit {
+        id,
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+        raw: raw.to_vec(),
+    });
+    StatusCode::OK
 }
 
 impl Receiver {
-    /// Starts a receiver on port 0 that answers 200.
+    /// Starts a receiver that answers 200.
     pub async fn start() -> Self {
-        Self::start_hanging(0).await
+        Self::start_with(0, 0, StatusCode::OK).await
     }
 
-    /// Starts a receiver whose first `hang_first` requests never get an
-    /// answer (they are counted as started, not as received).
-    pub async fn start_hanging(hang_first: usize) -> Self {
+    /// Starts a receiver whose first `n` requests never get an answer.
+    pub async fn start_hanging(n: usize) -> Self {
+        Self::start_with(n, 0, StatusCode::OK).await
+    }
+
+    /// Starts a receiver that answers `status` to its first `n` requests.
+    pub async fn start_failing(n: usize, status: u16) -> Self {
+        Self::start_with(0, n, StatusCode::from_u16(status).expect("status")).await
+    }
+
+    async fn start_with(hang_first: usize, fail_first: usize, fail_status: StatusCode) -> Self {
         let state = ReceiverState {
-            received: Arc::default(),
+            hits: Arc::default(),
             started: Arc::default(),
             hang_first,
+            fail_first,
+            fail_status,
         };
         let (l, addr) = listener().await;
         let app = Router::new()
-            .route(
-                "/hook",
-                post(
-                    |State(s): State<ReceiverState>,
-                     headers: axum::http::HeaderMap,
-                     Json(body): Json<Value>| async move {
-                        let id = headers
-                            .get("webhook-id")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let n = {
-                            let mut started = s.started.lock().expect("receiver lock");
-                            started.push(id.clone());
-                            started.len()
-                        };
-                        if n <= s.hang_first {
-                            std::future::pending::<()>().await;
-                        }
-                        s.received.lock().expect("receiver lock").push((id, body));
-                        (StatusCode::OK, "ok")
-                    },
-                ),
-            )
+            .route("/hook", post(receive))
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(l, app).await });
         Self {
             url: format!("http://{addr}/hook"),
-            received: state.received,
-            started: state.started,
+            state,
         }
     }
 
-    /// Every body answered so far.
+    /// Every request answered 200 so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().expect("receiver lock").clone()
+    }
+
+    /// Every body answered 200 so far.
     pub fn received(&self) -> Vec<Value> {
-        self.received
-            .lock()
-            .expect("receiver lock")
-            .iter()
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.hits().into_iter().map(|h| h.body).collect()
     }
 
-    /// The `webhook-id` of every answered request.
+    /// The `webhook-id` of every request answered 200.
     pub fn webhook_ids(&self) -> Vec<Option<String>> {
-        self.received
-            .lock()
-            .expect("receiver lock")
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.hits().into_iter().map(|h| h.id).collect()
     }
 
-    /// The `webhook-id` of every request begun (answered or hanging).
+    /// The `webhook-id` of every request begun (answered, failed or hanging).
     pub fn started(&self) -> Vec<Option<String>> {
-        self.started.lock().expect("receiver lock").clone()
+        self.state.started.lock().expect("receiver lock").clone()
     }
 
     /// Alerts received with this `event` (e.g. `monitor.down`).

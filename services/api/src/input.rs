@@ -14,6 +14,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Query, Request},
     http::{StatusCode, request::Parts},
 };
+use lifeline_shared::model::CONFIRM_MAX;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -153,6 +154,33 @@ pub(crate) fn seconds(field: &str, v: Value) -> Result<u32, ApiError> {
     }
 }
 
+/// `remind_every`: a duration in seconds (1 s to 31 days), or `null` for
+/// no reminders. Reminders more often than every minute are noisy, but
+/// allowed (tests use them).
+pub(crate) fn remind_every(field: &str, v: Value) -> Result<Option<u32>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(_) => seconds(field, v).map(Some),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a number of seconds, or null for no reminders"),
+        )),
+    }
+}
+
+/// `confirm`: a whole number from 1 to [`CONFIRM_MAX`].
+pub(crate) fn confirm(field: &str, v: Value) -> Result<u32, ApiError> {
+    match v.as_u64() {
+        Some(n @ 1..) if n <= u64::from(CONFIRM_MAX) => {
+            Ok(u32::try_from(n).expect("CONFIRM_MAX fits in u32"))
+        }
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a whole number from 1 to {CONFIRM_MAX}"),
+        )),
+    }
+}
+
 /// A list of ids (strings), duplicates removed, order kept.
 pub(crate) fn id_list(field: &str, v: Value, max: usize) -> Result<Vec<String>, ApiError> {
     let Value::Array(items) = v else {
@@ -258,6 +286,46 @@ mod tests {
             json!(null),
         ] {
             assert_eq!(field_of(seconds("timeout", bad).unwrap_err()), "timeout");
+        }
+    }
+
+    #[test]
+    fn remind_every_range_and_null() {
+        assert_eq!(remind_every("remind_every", json!(null)).unwrap(), None);
+        assert_eq!(remind_every("remind_every", json!(1)).unwrap(), Some(1));
+        assert_eq!(
+            remind_every("remind_every", json!(2_678_400)).unwrap(),
+            Some(2_678_400)
+        );
+        for bad in [
+            json!(0),
+            json!(2_678_401),
+            json!(-60),
+            json!(60.5),
+            json!("60"),
+            json!(true),
+            json!([60]),
+        ] {
+            let e = remind_every("remind_every", bad.clone()).unwrap_err();
+            assert_eq!(field_of(e), "remind_every", "{bad}");
+        }
+    }
+
+    #[test]
+    fn confirm_range() {
+        assert_eq!(confirm("confirm", json!(1)).unwrap(), 1);
+        assert_eq!(confirm("confirm", json!(10)).unwrap(), 10);
+        for bad in [
+            json!(0),
+            json!(11),
+            json!(-1),
+            json!(2.5),
+            json!("3"),
+            json!(null),
+            json!(u64::MAX),
+        ] {
+            let e = confirm("confirm", bad.clone()).unwrap_err();
+            assert_eq!(field_of(e), "confirm", "{bad}");
         }
     }
 

@@ -1009,6 +1009,156 @@ async fn patching_the_timeout_moves_the_deadline() {
 }
 
 #[tokio::test]
+async fn reminders_and_confirm_are_validated_shown_and_applied() {
+    let app = TestApp::spawn().await;
+    // Defaults: no reminders, the first missed deadline alerts.
+    let m = app.monitor(json!({"name": "plain", "timeout": 60})).await;
+    assert_eq!(
+        (&m["remind_every"], &m["confirm"]),
+        (&Value::Null, &json!(1))
+    );
+    assert_eq!(
+        (&m["misses"], &m["next_reminder_at"]),
+        (&json!(0), &Value::Null)
+    );
+    let m = app
+        .monitor(json!({"name": "nulls", "timeout": 60, "remind_every": null, "confirm": null}))
+        .await;
+    assert_eq!(
+        (&m["remind_every"], &m["confirm"]),
+        (&Value::Null, &json!(1))
+    );
+
+    let m = app
+        .monitor(json!({"name": "a", "timeout": 60, "remind_every": 600, "confirm": 3}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(
+        (&m["remind_every"], &m["confirm"]),
+        (&json!(600), &json!(3))
+    );
+    let (_, got) = app.get(&format!("/api/v1/monitors/{id}")).await;
+    assert_eq!(
+        (&got["remind_every"], &got["confirm"]),
+        (&json!(600), &json!(3))
+    );
+    let stored = app.store.monitor(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.cfg.remind_every, stored.cfg.confirm),
+        (Some(600), 3)
+    );
+
+    let before = app.store.monitor_ids().await.unwrap().len();
+    for (extra, name) in [
+        (json!({"remind_every": 0}), "remind_every"),
+        (json!({"remind_every": 2_678_401}), "remind_every"),
+        (json!({"remind_every": -60}), "remind_every"),
+        (json!({"remind_every": 1.5}), "remind_every"),
+        (json!({"remind_every": "60"}), "remind_every"),
+        (json!({"remind_every": false}), "remind_every"),
+        (json!({"confirm": 0}), "confirm"),
+        (json!({"confirm": 11}), "confirm"),
+        (json!({"confirm": -2}), "confirm"),
+        (json!({"confirm": 2.5}), "confirm"),
+        (json!({"confirm": "2"}), "confirm"),
+    ] {
+        let mut body = json!({"name": "x", "timeout": 60});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (s, v) = app.post("/api/v1/monitors", body.clone()).await;
+        assert_eq!(s, 422, "{body}: {v}");
+        assert_eq!(field(&v), name, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(name), "{body}: {v}");
+    }
+    assert_eq!(app.store.monitor_ids().await.unwrap().len(), before);
+
+    // PATCH: each alone, other settings kept; bad values refused by name.
+    let path = format!("/api/v1/monitors/{id}");
+    let (s, v) = app
+        .call(Method::PATCH, &path, Some(json!({"confirm": 10})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["remind_every"], &v["confirm"]),
+        (&json!(600), &json!(10))
+    );
+    for (body, name) in [
+        (json!({"confirm": null}), "confirm"),
+        (json!({"confirm": 0}), "confirm"),
+        (json!({"confirm": 11}), "confirm"),
+        (json!({"remind_every": 0}), "remind_every"),
+        (json!({"remind_every": "off"}), "remind_every"),
+        (json!({"remind_every": 2_678_401}), "remind_every"),
+    ] {
+        let (s, v) = app.call(Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(s, 422, "{body}: {v}");
+        assert_eq!(field(&v), name, "{body}: {v}");
+    }
+    let stored = app.store.monitor(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.cfg.remind_every, stored.cfg.confirm),
+        (Some(600), 10)
+    );
+
+    // Down (reported): the next reminder is shown and indexed, no deadline.
+    let t = now_ms();
+    app.beat(id, 1, t, BeatStatus::Down, Some("failed")).await;
+    let (_, v) = app.get(&path).await;
+    assert_eq!(v["status"], "down");
+    assert_eq!(v["deadline"], Value::Null);
+    assert_eq!(v["next_reminder_at"], rfc3339(t + 600_000));
+    let score = |app: &TestApp| {
+        let (mut conn, key) = (app.store.conn(), app.names.deadlines(shard_of(id)));
+        async move {
+            let s: Option<i64> = conn.zscore(key, id).await.unwrap();
+            s
+        }
+    };
+    assert_eq!(score(&app).await, Some(t + 600_000));
+    // Reminders off: nothing scheduled any more.
+    let (s, v) = app
+        .call(Method::PATCH, &path, Some(json!({"remind_every": null})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["remind_every"], &v["next_reminder_at"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(score(&app).await, None);
+    // On again, every minute: the first one a minute from now at the latest.
+    let before = now_ms();
+    let (_, v) = app
+        .call(Method::PATCH, &path, Some(json!({"remind_every": 60})))
+        .await;
+    assert_eq!(v["remind_every"], 60);
+    let next = score(&app).await.expect("a reminder is scheduled");
+    assert!(
+        (before + 60_000..=now_ms() + 60_000).contains(&next),
+        "{next}"
+    );
+    assert_eq!(v["next_reminder_at"], rfc3339(next));
+
+    // Confirm: a missed deadline short of the count shows as a miss.
+    let m = app
+        .monitor(json!({"name": "c", "timeout": 60, "confirm": 2}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    let t0 = now_ms() - 90_000;
+    app.beat(id, 1, t0, BeatStatus::Up, None).await;
+    let ticked = app
+        .store
+        .apply(id, Input::Tick { now: now_ms() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ticked.jobs.is_empty());
+    let (_, v) = app.get(&format!("/api/v1/monitors/{id}")).await;
+    assert_eq!((&v["status"], &v["misses"]), (&json!("up"), &json!(1)));
+    assert_eq!(v["deadline"], rfc3339(t0 + 120_000));
+}
+
+#[tokio::test]
 async fn history_is_newest_first_with_deliveries() {
     let app = TestApp::spawn().await;
     let ch = app.channel("ops").await;

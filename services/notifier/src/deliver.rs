@@ -70,8 +70,9 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 const RECORD_TRIES: u32 = 3;
 /// Pause between those tries.
 const RECORD_PAUSE: Duration = Duration::from_millis(500);
-/// State changes searched for the start of a downtime.
-const HISTORY_SEARCHED: usize = 100;
+/// State changes searched for the start of a downtime: as many as a
+/// monitor keeps by default, since down reminders add one each.
+const HISTORY_SEARCHED: usize = 1000;
 
 /// Why a delivery job goes back to its queue.
 #[derive(Debug, thiserror::Error)]
@@ -313,12 +314,13 @@ impl Deliverer {
                 return None;
             }
         };
-        // Newest first: this recovery, then the changes before it.
+        // Newest first: this recovery, then the changes before it (down
+        // reminders, from down to down, are passed over).
         events
             .iter()
             .skip_while(|c| c.alert_id.as_deref() != Some(job.alert.alert_id.as_str()))
             .skip(1)
-            .find(|c| c.to == Status::Down)
+            .find(|c| c.to == Status::Down && c.from != Status::Down)
             .map(|c| c.at)
     }
 

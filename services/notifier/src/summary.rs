@@ -147,6 +147,7 @@ fn reason_text(reason: Reason) -> &'static str {
         Reason::Paused => "monitoring was paused",
         Reason::Resumed => "monitoring was resumed",
         Reason::Test => "a test alert sent through the API; nothing is wrong",
+        Reason::Reminder => "still down (reminder)",
     }
 }
 
@@ -239,6 +240,19 @@ mod tests {
         assert!(s.facts.iter().all(|f| f.label != "Message"));
         let s = Summary::new(&j, None, 1_700_000_070_000);
         assert_eq!(fact(&s, "Downtime"), "unknown");
+    }
+
+    #[test]
+    fn a_reminder_says_since_when_the_monitor_is_down() {
+        let mut j = job(AlertEvent::Down, Reason::Reminder);
+        j.msg = None;
+        let s = Summary::new(&j, None, 1_700_003_660_000);
+        assert_eq!(s.subject(), "[Lifeline] nightly backup is DOWN");
+        assert_eq!(fact(&s, "Reason"), "still down (reminder)");
+        assert_eq!(
+            fact(&s, "Down since"),
+            "2023-11-14 22:14:20 UTC (1h 0m ago)"
+        );
     }
 
     #[test]

@@ -5,5 +5,6 @@
 //! * `failures`: the services as real processes, killed and restarted, with
 //!   private broker instances restarted under them.
 
+mod alerts;
 mod failures;
 mod pipeline;

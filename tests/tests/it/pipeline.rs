@@ -498,3 +498,192 @@ async fn a_paused_monitor_records_beats_but_never_alerts() {
         .await;
     assert_eq!(downs[0]["reason"], "timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_repeat_while_down_and_confirm_waits_for_missed_deadlines() {
+    let stack = Stack::start("remind").await;
+    let hook = Receiver::start().await;
+    let channel = stack.webhook_channel(&hook.url).await;
+    let create = |body: Value| {
+        let rb = stack.api(Method::POST, "/api/v1/monitors").json(&body);
+        async move {
+            let r = rb.send().await.unwrap();
+            assert_eq!(r.status(), 201, "{body}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let reminded = create(json!({
+        "name": "reminded", "timeout": 1, "remind_every": 1, "channels": [channel]
+    }))
+    .await;
+    let confirmed = create(json!({
+        "name": "confirmed", "timeout": 1, "confirm": 2, "channels": [channel]
+    }))
+    .await;
+    assert_eq!(
+        (&reminded["remind_every"], &reminded["confirm"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        (&confirmed["remind_every"], &confirmed["confirm"]),
+        (&Value::Null, &json!(2))
+    );
+    let (rid, rtoken) = (
+        reminded["id"].as_str().unwrap(),
+        reminded["token"].as_str().unwrap(),
+    );
+    let (cid, ctoken) = (
+        confirmed["id"].as_str().unwrap(),
+        confirmed["token"].as_str().unwrap(),
+    );
+    let of = |id: &str, event: &str| -> Vec<Value> {
+        hook.events(event)
+            .into_iter()
+            .filter(|v| v["monitor"]["id"] == id)
+            .collect()
+    };
+    let events = |id: &str| {
+        let path = format!("/api/v1/monitors/{id}/events");
+        let stack = &stack;
+        async move {
+            stack.get_json(&path).await["events"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let reasons = |list: &[Value]| -> Vec<String> {
+        list.iter()
+            .map(|e| e["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // One beat each, then silence.
+    assert_eq!(stack.push(rtoken, "").await.0, 200);
+    assert_eq!(stack.push(ctoken, "").await.0, 200);
+    wait_status(&stack, rid, "up").await;
+    wait_status(&stack, cid, "up").await;
+
+    // confirm = 2: the first missed deadline alerts nothing; the down comes
+    // with the second, dated there and saying how many were missed.
+    let downs = wait_for(
+        Duration::from_secs(6),
+        "the confirmed monitor's down alert",
+        || async {
+            let d = of(cid, "monitor.down");
+            (!d.is_empty()).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(downs[0]["reason"], "timeout");
+    assert_eq!(downs[0]["msg"], "missed 2 deadlines in a row");
+    assert_eq!(
+        ms_of(&downs[0]["at"]) - ms_of(&downs[0]["last_beat_at"]),
+        2000,
+        "dated at the second missed deadline, not the first"
+    );
+    assert_eq!(reasons(&events(cid).await), ["timeout", "first_beat"]);
+
+    // remind_every = 1: the down, then a reminder every second.
+    let downs = wait_for(
+        Duration::from_secs(8),
+        "the down alert and two reminders",
+        || async {
+            let d = of(rid, "monitor.down");
+            (d.len() >= 3).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(downs[0]["reason"], "timeout");
+    for r in &downs[1..] {
+        assert_eq!(r["reason"], "reminder", "{r}");
+        assert_eq!(
+            r["at"], downs[0]["at"],
+            "a reminder says since when it is down"
+        );
+    }
+    let ids: std::collections::HashSet<_> = downs.iter().map(|d| d["alert_id"].clone()).collect();
+    assert_eq!(
+        ids.len(),
+        downs.len(),
+        "every reminder has its own alert id"
+    );
+    let history = events(rid).await;
+    let reminders: Vec<i64> = history
+        .iter()
+        .filter(|e| e["reason"] == "reminder")
+        .map(|e| ms_of(&e["at"]))
+        .collect();
+    assert!(reminders.len() >= 2, "{history:?}");
+    let down_at = ms_of(&downs[0]["at"]);
+    let mut due = reminders.clone();
+    due.push(down_at);
+    for pair in due.windows(2) {
+        // Newest first, a period apart (more only if the ticker lagged).
+        let gap = pair[0] - pair[1];
+        assert!(
+            (1000..3000).contains(&gap),
+            "reminders {gap} ms apart: {history:?}"
+        );
+    }
+    let fresh = stack.get_json(&format!("/api/v1/monitors/{rid}")).await;
+    assert_eq!(fresh["status"], "down");
+    assert!(fresh["next_reminder_at"].is_string(), "{fresh}");
+
+    // An edit while down leaves the reminders running; then a beat: one
+    // recovery, and no reminder after it (a long timeout keeps it up).
+    let r = stack
+        .api(Method::PATCH, &format!("/api/v1/monitors/{rid}"))
+        .json(&json!({"timeout": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let sent = of(rid, "monitor.down").len();
+    wait_for(
+        Duration::from_secs(5),
+        "a reminder after the edit",
+        || async { (of(rid, "monitor.down").len() > sent).then_some(()) },
+    )
+    .await;
+    assert_eq!(stack.push(rtoken, "msg=back").await.0, 200);
+    let ups = wait_for(Duration::from_secs(5), "the recovery", || async {
+        let u = of(rid, "monitor.up");
+        (!u.is_empty()).then_some(u)
+    })
+    .await;
+    assert_eq!(
+        (&ups[0]["reason"], &ups[0]["msg"]),
+        (&json!("recovered"), &json!("back"))
+    );
+    // Reminders raised before the recovery may still be on their way.
+    let history = events(rid).await;
+    assert_eq!(history[0]["reason"], "recovered");
+    let raised = history.iter().filter(|e| e["to"] == "down").count();
+    wait_for(
+        Duration::from_secs(5),
+        "every alert raised before the recovery",
+        || async { (of(rid, "monitor.down").len() == raised).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // two periods
+    assert_eq!(
+        of(rid, "monitor.down").len(),
+        raised,
+        "{:?}",
+        hook.received()
+    );
+    assert_eq!(of(rid, "monitor.up").len(), 1);
+    assert_eq!(
+        events(rid).await.len(),
+        history.len(),
+        "nothing happened after the recovery"
+    );
+    let fresh = stack.get_json(&format!("/api/v1/monitors/{rid}")).await;
+    assert_eq!(
+        (&fresh["status"], &fresh["next_reminder_at"]),
+        (&json!("up"), &Value::Null)
+    );
+    // The confirmed monitor has no reminders: its one down alert only.
+    assert_eq!(of(cid, "monitor.down").len(), 1, "{:?}", hook.received());
+}

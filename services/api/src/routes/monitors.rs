@@ -4,9 +4,15 @@
 //! Every write after creation goes through the monitor state machine and the
 //! store's versioned commit, so state, deadline and settings change in one
 //! atomic write and never race the evaluator: a new timeout moves the
-//! deadline of an up monitor at once (`Input::Retime`); pause and resume are
-//! `Input::Pause` / `Input::Resume`. These inputs never raise alerts, so the
-//! API publishes nothing.
+//! deadline of an up monitor at once, and turning reminders on, off or to
+//! another period reschedules those of a down monitor (`Input::Retime`);
+//! pause and resume are `Input::Pause` / `Input::Resume`. These inputs never
+//! raise alerts, so the API publishes nothing.
+//!
+//! Two optional settings shape alerting: `remind_every` (seconds, `null` =
+//! off) repeats the `monitor.down` alert while a monitor stays down, and
+//! `confirm` (1 to 10, default 1) is how many deadlines must be missed in a
+//! row before a timeout alerts.
 //!
 //! Push tokens (invariant 8) are generated here, stored only as a SHA-256
 //! and a short hint, and returned in full only by create and rotate.
@@ -37,7 +43,14 @@ use crate::{
 };
 
 /// Fields a monitor body may carry.
-const FIELDS: &[&str] = &["name", "timeout", "interval", "channels"];
+const FIELDS: &[&str] = &[
+    "name",
+    "timeout",
+    "interval",
+    "channels",
+    "remind_every",
+    "confirm",
+];
 
 /// Most channels one monitor may alert.
 const CHANNELS_MAX: usize = 50;
@@ -51,9 +64,18 @@ pub(crate) struct MonitorView {
     timeout: u32,
     interval: u32,
     channels: Vec<String>,
+    /// Seconds between down reminders; `null`: none.
+    remind_every: Option<u32>,
+    /// Missed deadlines in a row before a timeout alerts.
+    confirm: u32,
     created_at: String,
     last_beat_at: Option<String>,
+    /// While up: when the monitor misses its next deadline if no beat comes.
     deadline: Option<String>,
+    /// While up: deadlines missed in a row so far, short of `confirm`.
+    misses: u32,
+    /// While down with reminders: when the next reminder is due.
+    next_reminder_at: Option<String>,
     status_since: String,
     token_hint: String,
 }
@@ -67,9 +89,19 @@ impl MonitorView {
             timeout: cfg.timeout,
             interval: cfg.interval,
             channels: cfg.channels.clone(),
+            remind_every: cfg.remind_every,
+            confirm: cfg.confirm,
             created_at: super::time(cfg.created_at),
             last_beat_at: state.last_beat_at.map(super::time),
-            deadline: state.deadline.map(super::time),
+            deadline: state
+                .deadline
+                .filter(|_| state.status == Status::Up)
+                .map(super::time),
+            misses: state.misses,
+            next_reminder_at: state
+                .deadline
+                .filter(|_| state.status == Status::Down)
+                .map(super::time),
             status_since: super::time(state.since),
             token_hint: cfg.token_hint.clone(),
         }
@@ -97,6 +129,14 @@ pub(crate) async fn create(
         Some(v) => input::seconds("interval", v)?,
         None => timeout,
     };
+    let remind_every = match f.take("remind_every") {
+        Some(v) => input::remind_every("remind_every", v)?,
+        None => None,
+    };
+    let confirm = match f.optional("confirm") {
+        Some(v) => input::confirm("confirm", v)?,
+        None => 1,
+    };
     let channels = match f.optional("channels") {
         Some(v) => known_channels(&app, v).await?,
         None => Vec::new(),
@@ -113,12 +153,16 @@ pub(crate) async fn create(
         created_at: now,
         token_hash: token::hash(&push_token),
         token_hint: token::hint(&push_token),
+        remind_every,
+        confirm,
     };
     let state = MonitorState::new(now);
     app.store.create_monitor(&id, &cfg, &state).await?;
     tracing::info!(
         monitor.id = %id,
         monitor.timeout = timeout,
+        monitor.remind_every = cfg.remind_every,
+        monitor.confirm = cfg.confirm,
         token.hint = %cfg.token_hint,
         "monitor created"
     );
@@ -163,7 +207,8 @@ pub(crate) async fn get(
     Ok(Json(MonitorView::new(&m.id, &m.cfg, &m.state)))
 }
 
-/// `PATCH /api/v1/monitors/{id}`: any of name, timeout, interval, channels.
+/// `PATCH /api/v1/monitors/{id}`: any of name, timeout, interval, channels,
+/// remind_every (`null` turns reminders off), confirm.
 pub(crate) async fn update(
     State(app): State<AppState>,
     PathId(id): PathId,
@@ -179,6 +224,14 @@ pub(crate) async fn update(
         .take("interval")
         .map(|v| input::seconds("interval", v))
         .transpose()?;
+    let remind_every = f
+        .take("remind_every")
+        .map(|v| input::remind_every("remind_every", v))
+        .transpose()?;
+    let confirm = f
+        .take("confirm")
+        .map(|v| input::confirm("confirm", v))
+        .transpose()?;
     let channels = match f.take("channels") {
         Some(v) => Some(known_channels(&app, v).await?),
         None => None,
@@ -190,6 +243,8 @@ pub(crate) async fn update(
         timeout: timeout.unwrap_or(cfg.timeout),
         interval: interval.unwrap_or(cfg.interval),
         channels: channels.clone().unwrap_or_else(|| cfg.channels.clone()),
+        remind_every: remind_every.unwrap_or(cfg.remind_every),
+        confirm: confirm.unwrap_or(cfg.confirm),
         ..cfg.clone()
     })
     .await?
@@ -197,6 +252,8 @@ pub(crate) async fn update(
     tracing::info!(
         monitor.id = %id,
         monitor.timeout = r.cfg.timeout,
+        monitor.remind_every = r.cfg.remind_every,
+        monitor.confirm = r.cfg.confirm,
         monitor.deadline = r.state.deadline,
         "monitor updated"
     );
@@ -394,17 +451,20 @@ struct Reconfigured {
 
 /// Replaces a monitor's settings by `patch(current settings)` in one
 /// state-machine step (`Input::Retime`), so a new timeout moves the deadline
-/// in the same atomic write. The patch is applied to each attempt's fresh
-/// read (`Store::apply_with`): a token rotation racing an edit is never
-/// overwritten with the stale token hash, which would leave a live token
-/// nobody can revoke. Returns `None` when the monitor does not exist.
+/// (and new reminder settings the next reminder) in the same atomic write.
+/// The patch is applied to each attempt's fresh read (`Store::apply_with`):
+/// a token rotation racing an edit is never overwritten with the stale token
+/// hash, which would leave a live token nobody can revoke. Returns `None`
+/// when the monitor does not exist.
 async fn reconfigure(
     store: &Store,
     id: &str,
     patch: impl Fn(&MonitorConfig) -> MonitorConfig,
 ) -> Result<Option<Reconfigured>, StoreError> {
     let applied = store
-        .apply_with(id, Input::Retime, |current| Some(patch(current)))
+        .apply_with(id, Input::Retime { now: now_ms() }, |current| {
+            Some(patch(current))
+        })
         .await?;
     Ok(applied.map(|a| {
         note_jobs(id, &a.jobs);
