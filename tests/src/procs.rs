@@ -161,76 +161,53 @@ pub async fn wait_port(port: u16, limit: Duration) {
     .await;
 }
 
-/// A private nats-server with JetStream and a file store of its own.
-pub struct PrivateNats {
+/// Which broker a [`PrivateServer`] runs.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// nats-server with JetStream and a file store.
+    Nats,
+    /// redis-server with an append-only file, fsynced on every write.
+    Redis,
+}
+
+/// A private broker on a free port with a data directory of its own, which
+/// a test may kill (SIGKILL) and restart on the same port and data.
+pub struct PrivateServer {
     /// Its port.
     pub port: u16,
+    kind: Kind,
     dir: tempdir::Dir,
     proc: Option<Proc>,
 }
 
-impl PrivateNats {
-    /// Starts it on a free port.
-    pub async fn start() -> Self {
-        let mut n = Self {
+impl PrivateServer {
+    /// A nats-server with JetStream.
+    pub async fn nats() -> Self {
+        Self::start(Kind::Nats).await
+    }
+
+    /// A redis-server with an append-only file.
+    pub async fn redis() -> Self {
+        Self::start(Kind::Redis).await
+    }
+
+    async fn start(kind: Kind) -> Self {
+        let mut s = Self {
             port: free_port(),
-            dir: tempdir::Dir::new("nats"),
+            kind,
+            dir: tempdir::Dir::new(&format!("{kind:?}").to_lowercase()),
             proc: None,
         };
-        n.restart().await;
-        n
+        s.restart().await;
+        s
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills it (SIGKILL): what it had not synced is its own business.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
+        match self.kind {
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
         }
-    }
-
-    /// (Re)starts it on the same port and store.
-    pub async fn restart(&mut self) {
-        self.kill();
-        let port = self.port.to_string();
-        let store = self.dir.path().to_string_lossy().into_owned();
-        self.proc = Some(Proc::spawn(
-            "nats",
-            std::path::Path::new("nats-server"),
-            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
-            &HashMap::new(),
-        ));
-        wait_port(self.port, Duration::from_secs(20)).await;
-    }
-}
-
-/// A private redis-server with an append-only file of its own.
-pub struct PrivateRedis {
-    /// Its port.
-    pub port: u16,
-    dir: tempdir::Dir,
-    proc: Option<Proc>,
-}
-
-impl PrivateRedis {
-    /// Starts it on a free port.
-    pub async fn start() -> Self {
-        let mut r = Self {
-            port: free_port(),
-            dir: tempdir::Dir::new("redis"),
-            proc: None,
-        };
-        r.restart().await;
-        r
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Kills it (SIGKILL).
@@ -245,23 +222,33 @@ impl PrivateRedis {
         self.kill();
         let port = self.port.to_string();
         let dir = self.dir.path().to_string_lossy().into_owned();
+        let (program, args): (&str, Vec<&str>) = match self.kind {
+            Kind::Nats => (
+                "nats-server",
+                vec!["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir],
+            ),
+            Kind::Redis => (
+                "redis-server",
+                vec![
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    &dir,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                ],
+            ),
+        };
         self.proc = Some(Proc::spawn(
-            "redis",
-            std::path::Path::new("redis-server"),
-            &[
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                &dir,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
+            program,
+            std::path::Path::new(program),
+            &args,
             &HashMap::new(),
         ));
         wait_port(self.port, Duration::from_secs(20)).await;

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use lifeline_tests::{
     Receiver,
-    procs::{Brokers, PrivateNats, PrivateRedis, ProcStack},
+    procs::{Brokers, PrivateServer, ProcStack},
     wait_for,
 };
 use serde_json::Value;
@@ -46,7 +46,7 @@ async fn a_beat_answered_200_survives_ingest_killed_right_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_gives_503_meanwhile_and_loses_no_acknowledged_beat() {
-    let mut nats = PrivateNats::start().await;
+    let mut nats = PrivateServer::nats().await;
     let brokers = Brokers {
         nats_url: nats.url(),
         ..Brokers::local()
@@ -97,7 +97,7 @@ async fn nats_restart_gives_503_meanwhile_and_loses_no_acknowledged_beat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_keeps_monitors_states_and_deadlines() {
-    let mut redis = PrivateRedis::start().await;
+    let mut redis = PrivateServer::redis().await;
     let brokers = Brokers {
         redis_url: redis.url(),
         ..Brokers::local()
@@ -416,7 +416,7 @@ async fn evaluators_killed_in_a_loop_still_alert_every_change_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_inside_a_push_path_outage_are_extended_not_alerted() {
-    let mut nats = PrivateNats::start().await;
+    let mut nats = PrivateServer::nats().await;
     let brokers = Brokers {
         nats_url: nats.url(),
         ..Brokers::local()
