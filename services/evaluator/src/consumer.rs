@@ -240,7 +240,7 @@ async fn lane(
         };
         metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
         for job in applied.into_iter().flat_map(|a| a.jobs) {
-            let _ = jobs.send(job).await;
+            crate::outbox::hand_over(&jobs, job);
         }
         if let Err(error) = msg.ack().await {
             tracing::warn!(%error, "beat applied but not acknowledged; its redelivery will be ignored");

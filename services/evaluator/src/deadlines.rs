@@ -100,7 +100,7 @@ async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) 
                 let _ = store.forget_deadline(id).await;
             }
             for job in applied.jobs {
-                let _ = jobs.send(job).await;
+                crate::outbox::hand_over(jobs, job);
             }
         }
         Ok(None) => {

@@ -38,6 +38,15 @@ async fn publish(publisher: &Publisher, store: &Store, job: &AlertJob) -> bool {
     }
 }
 
+/// Hands a freshly written job to the relay. The job is already safe in
+/// the outbox, so when the relay is behind (RabbitMQ slow or down) it is
+/// left to the sweep rather than holding up beats and deadlines.
+pub(crate) fn hand_over(relay: &mpsc::Sender<AlertJob>, job: AlertJob) {
+    if let Err(mpsc::error::TrySendError::Full(job)) = relay.try_send(job) {
+        tracing::warn!(alert.id = %job.alert_id, "alert relay busy: the outbox sweep will publish this alert");
+    }
+}
+
 /// Publishes jobs as state changes produce them, until every sender is gone.
 pub(crate) async fn relay(
     publisher: Arc<Publisher>,
