@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use lifeline_shared::config::{self, Common, ConfigError};
 
+use crate::limit::RateLimit;
+
 /// Ingest settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -12,6 +14,12 @@ pub struct Config {
     /// `LIFELINE_TOKEN_CACHE_MS`, default 500: how long a token lookup is
     /// reused. A revoked or rotated token stops working within this time.
     pub token_cache_ttl: Duration,
+    /// `LIFELINE_PUSH_RATE` (default `10/s`: `<n>/s`, `<n>/m`, `<n>/h` or
+    /// `off`) and `LIFELINE_PUSH_BURST` (default 20): how often one push
+    /// token may push, sustained and at once, counted across every replica
+    /// sharing the prefix; more is answered 429 (see [`RateLimit`]).
+    /// `None`: no limit.
+    pub push_limit: Option<RateLimit>,
 }
 
 impl Config {
@@ -24,9 +32,22 @@ impl Config {
                 reason: "must be at most 1000 so revocation takes effect within a second".into(),
             });
         }
+        let burst: u32 = config::parse("LIFELINE_PUSH_BURST", RateLimit::DEFAULT.burst)?;
+        if !(1..=RateLimit::MAX).contains(&burst) {
+            return Err(ConfigError {
+                name: "LIFELINE_PUSH_BURST",
+                reason: format!("{burst} must be from 1 to {}", RateLimit::MAX),
+            });
+        }
+        let rate = config::string("LIFELINE_PUSH_RATE", "10/s");
+        let push_limit = RateLimit::parse(&rate, burst).map_err(|reason| ConfigError {
+            name: "LIFELINE_PUSH_RATE",
+            reason,
+        })?;
         Ok(Self {
             common: Common::from_env()?,
             token_cache_ttl: Duration::from_millis(ms),
+            push_limit,
         })
     }
 
@@ -35,6 +56,7 @@ impl Config {
         Self {
             common: Common::local(prefix),
             token_cache_ttl: Duration::from_millis(500),
+            push_limit: Some(RateLimit::DEFAULT),
         }
     }
 }

@@ -4,11 +4,14 @@
 //! one [`BeatEvent`](lifeline_shared::model::BeatEvent) to NATS JetStream and
 //! answers 200 only once JetStream acknowledged it (invariant 1). When NATS
 //! or Redis is unreachable it answers 503 so the client retries
-//! (invariant 2); a refused request publishes nothing (invariant 7).
+//! (invariant 2); a refused request publishes nothing (invariant 7), and
+//! every refusal is a JSON 4xx. Each push token may push at a configured
+//! rate, counted across replicas ([`limit`]); more is answered 429.
 //! Stateless: run any number of replicas behind a load balancer.
 
 mod config;
 mod error;
+mod limit;
 mod pulse;
 mod push;
 mod tokens;
@@ -16,12 +19,13 @@ mod tokens;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::{Router, routing::get};
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
 use lifeline_shared::{http, nats, store::Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use limit::RateLimit;
 
 /// Shared state of the request handlers.
 #[derive(Clone)]
@@ -36,6 +40,7 @@ struct Inner {
     js: async_nats::jetstream::Context,
     tokens: tokens::TokenCache,
     pulser: pulse::Pulser,
+    limiter: Option<limit::Limiter>,
 }
 
 /// Connects to the brokers (lazily: the service starts while they are down)
@@ -71,6 +76,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let tokens = tokens::TokenCache::new(config.token_cache_ttl);
     let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
+    let limiter = config
+        .push_limit
+        .map(|limit| limit::Limiter::new(limit, store.conn(), config.common.names.clone()));
     let state = AppState {
         inner: Arc::new(Inner {
             config,
@@ -79,6 +87,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             js,
             tokens,
             pulser,
+            limiter,
         }),
     };
     let pulsing = state.clone();
@@ -104,12 +113,20 @@ fn router(state: AppState) -> Router {
             ]
         })
     });
+    // The fallbacks come after the merge so the ops routes answer a wrong
+    // method with JSON too.
     Router::new()
-        .route("/api/push/{token}", get(push::push).post(push::push))
+        .route(
+            "/api/push/{token}",
+            get(push::push)
+                .post(push::push)
+                .fallback(error::push_method_not_allowed),
+        )
+        .merge(http::ops_router(ready))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(push::MAX_BODY))
         .with_state(state)
-        .merge(http::ops_router(ready))
 }
 
 /// Serves ingest on `listener` until `shutdown` is cancelled.

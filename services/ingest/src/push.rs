@@ -3,6 +3,13 @@
 //! Parameters come from the query string and, for a POST, from a form or
 //! JSON body (a body field overrides the same query parameter). Unknown
 //! parameters are ignored, as push clients add their own.
+//!
+//! Checks run cheapest first, and nothing is published unless all pass:
+//! body size (else 413) and syntax, parameters (else 400), token
+//! plausibility and lookup (a short-lived cache before Redis; else 404), the
+//! push path being up (else 503), the token's rate limit (else 429). `HEAD`
+//! is refused (405): a link checker or uptime probe sending it must not
+//! count as a beat.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,7 @@ use axum::{
         Path, RawQuery, State,
         rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use lifeline_shared::{
@@ -24,13 +31,16 @@ use lifeline_shared::{
 };
 use serde_json::{Value, json};
 
-use crate::{AppState, error::PushError};
+use crate::{
+    AppState,
+    error::{self, PushError},
+};
 
 /// Longest time a publish may wait for JetStream's acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Largest push body read.
-const MAX_BODY: usize = 64 * 1024;
+/// Largest push body read (larger: 413).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The raw parameters of a push, before validation.
 #[derive(Debug, Default, PartialEq)]
@@ -166,11 +176,15 @@ fn parse_request(
 /// `GET|POST /api/push/{token}`.
 pub(crate) async fn push(
     State(state): State<AppState>,
+    method: Method,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if method == Method::HEAD {
+        return error::push_method_not_allowed().await;
+    }
     match accept(&state, path, query.as_deref(), &headers, body).await {
         Ok(()) => {
             metrics::counter!("lifeline_ingest_pushes_total", "result" => "accepted").increment(1);
@@ -193,9 +207,15 @@ async fn accept(
     let Ok(Path(push_token)) = path else {
         return Err(PushError::UnknownToken);
     };
-    let body = body.map_err(|e| PushError::BadBody(e.body_text()))?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            PushError::TooLarge { limit: MAX_BODY }
+        } else {
+            PushError::BadBody(e.body_text())
+        }
+    })?;
     if body.len() > MAX_BODY {
-        return Err(PushError::BadBody(format!("larger than {MAX_BODY} bytes")));
+        return Err(PushError::TooLarge { limit: MAX_BODY });
     }
     let params = parse_request(query, headers, &body)?;
     if !token::plausible(&push_token) {
@@ -249,6 +269,17 @@ async fn publish(state: &AppState, event: &BeatEvent) -> Result<(), PushError> {
     if !inner.pulser.ensure_fresh().await {
         tracing::warn!(monitor.id = %event.monitor_id, "push path down (no pulse gets through): answering 503");
         return Err(PushError::Unavailable);
+    }
+    // Last, so a push refused for another reason (NATS down) does not use
+    // up the token's allowance.
+    if let Some(limiter) = &inner.limiter
+        && let Err(refused) = limiter.check(&event.monitor_id).await
+    {
+        tracing::debug!(monitor.id = %event.monitor_id, "push over the rate limit refused");
+        return Err(PushError::RateLimited {
+            limit: limiter.limit().to_string(),
+            retry_after: refused.retry_after_secs(),
+        });
     }
     let subject = inner
         .config

@@ -51,7 +51,9 @@ async fn nats_restart_gives_503_meanwhile_and_loses_no_acknowledged_beat() {
         nats_url: nats.url(),
         ..Brokers::local()
     };
-    let stack = ProcStack::start("natsrestart", &brokers, (1, 1, 1), &[]).await;
+    // 30 pushes within about a second: more than the default push rate limit.
+    let no_limit = [("LIFELINE_PUSH_RATE", "off")];
+    let stack = ProcStack::start("natsrestart", &brokers, (1, 1, 1), &no_limit).await;
     let m = stack.monitor("job", 3600, &[]).await;
     let (id, token) = (
         m["id"].as_str().unwrap().to_owned(),

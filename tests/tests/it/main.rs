@@ -3,8 +3,12 @@
 //!
 //! * `pipeline`: the four services in-process, end to end;
 //! * `failures`: the services as real processes, killed and restarted, with
-//!   private broker instances restarted under them.
+//!   private broker instances restarted under them;
+//! * `fuzz`: random and malformed requests against ingest and the API;
+//! * `limits`: the push rate limit across ingest replicas.
 
 mod alerts;
 mod failures;
+mod fuzz;
+mod limits;
 mod pipeline;

@@ -1,0 +1,663 @@
+//! The per-token push rate limit, counted across every ingest replica.
+//!
+//! A monitor's push token may push `n` times per second (or minute, or hour)
+//! sustained, with bursts of `b` (`LIFELINE_PUSH_RATE=10/s`,
+//! `LIFELINE_PUSH_BURST=20`). A push over the limit is answered 429 with a
+//! `Retry-After` and publishes nothing (invariant 7).
+//!
+//! # The shared bucket
+//!
+//! The authority is one generic cell rate algorithm (GCRA) bucket per
+//! monitor in Redis ([`Names::push_rate`]): a single number, the
+//! "theoretical arrival time" (TAT, Redis clock, ms). Each push moves it on
+//! by the emission interval `T = period / n`; a push is admitted while
+//! `TAT + T - now <= b × T`. So from an idle start `b` pushes pass at once,
+//! then one per `T`, and over any span `D` at most `b + D / T` pass, however
+//! many replicas share the work. The script reads the time from Redis, so
+//! replicas' clocks do not matter, and touches one key, so it is ready for
+//! Redis Cluster.
+//!
+//! # Local leases: no Redis round trip per push at high rates
+//!
+//! A replica does not ask Redis for every push. It *leases* tokens: one
+//! script call takes up to `k` tokens from the shared bucket at once (fewer
+//! if fewer are left), and the replica admits the next `k - 1` pushes of
+//! that monitor from the lease, in memory. `k` starts at 1 and doubles while
+//! leases run out within [`LEASE_SPAN`] (a busy monitor), up to a quarter of
+//! the burst; it falls back to 1 for a monitor that pushes slowly. When the
+//! bucket is empty the script says how long until the next token, and the
+//! replica refuses that monitor's pushes locally until then. Costs: a cron
+//! job pushing every minute pays one script call per push (beside the token
+//! lookup it pays anyway); a monitor hammering far above its limit costs one
+//! call per refusal period per replica, not one per push.
+//!
+//! # Precision
+//!
+//! Leased tokens are charged to the shared bucket when taken, so the limit
+//! is never exceeded across replicas — not even by a burst arriving on all
+//! of them at once. The error is on the strict side: tokens a replica
+//! leased but did not use (its traffic moved to another replica, or
+//! stopped) are dropped after [`LEASE_TTL`] and never returned, so for up to
+//! that long a monitor may be refused up to `k - 1` pushes per replica that
+//! a single exact counter would have admitted. `Retry-After` is the exact
+//! wait rounded up to whole seconds (at least 1): a client that waits it is
+//! admitted, unless the monitor's other clients used the token first.
+//!
+//! While Redis is unreachable (a call fails or takes longer than
+//! [`REDIS_TIMEOUT`]) a replica stops asking it for [`REDIS_BACKOFF`] and
+//! enforces the limit on its own with a local bucket: the limit then holds
+//! per replica, not across them. (Pushes of tokens not cached already answer
+//! 503 then anyway: resolving a token needs Redis.)
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{LazyLock, Mutex},
+    time::{Duration, Instant},
+};
+
+use lifeline_shared::names::Names;
+use redis::{Script, aio::ConnectionManager};
+
+/// A lease exhausted within this time after it was taken makes the next one
+/// twice as large.
+pub(crate) const LEASE_SPAN: Duration = Duration::from_secs(1);
+
+/// Leased tokens not used within this time are dropped.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Longest wait for the shared bucket before deciding locally.
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After a failed call, how long the shared bucket is not asked.
+pub(crate) const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Monitors tracked before idle ones are swept.
+const SWEEP_AT: usize = 10_000;
+
+/// A monitor not pushed for this long is forgotten (its shared bucket is
+/// empty again by then, or still holds what it owes).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The configured limit: `count` pushes per `period` sustained, bursts of
+/// `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Pushes per `period`.
+    pub count: u32,
+    /// One second, minute or hour.
+    pub period: Duration,
+    /// Pushes admitted at once from idle.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The default: 10 pushes per second, bursts of 20.
+    pub const DEFAULT: Self = Self {
+        count: 10,
+        period: Duration::from_secs(1),
+        burst: 20,
+    };
+
+    /// Largest count or burst accepted.
+    pub const MAX: u32 = 1_000_000;
+
+    /// Parses a rate `<n>/s`, `<n>/m` or `<n>/h` (`n` from 1 to 1000000),
+    /// or `off` (no limit: `None`), with a burst from 1 to 1000000.
+    pub fn parse(rate: &str, burst: u32) -> Result<Option<Self>, String> {
+        let rate = rate.trim();
+        if rate.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let syntax = || format!("{rate:?} must be <n>/s, <n>/m, <n>/h or off, e.g. 10/s");
+        let (n, unit) = rate.split_once('/').ok_or_else(syntax)?;
+        let period = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(syntax()),
+        };
+        let count: u32 = n.trim().parse().map_err(|_| syntax())?;
+        if !(1..=Self::MAX).contains(&count) {
+            return Err(format!(
+                "{rate:?}: the count must be from 1 to {}",
+                Self::MAX
+            ));
+        }
+        if !(1..=Self::MAX).contains(&burst) {
+            return Err(format!("burst {burst} must be from 1 to {}", Self::MAX));
+        }
+        Ok(Some(Self {
+            count,
+            period,
+            burst,
+        }))
+    }
+
+    /// The emission interval `T`, in ms.
+    fn interval_ms(&self) -> f64 {
+        self.period.as_secs_f64() * 1000.0 / f64::from(self.count)
+    }
+
+    /// `b × T`, in ms.
+    fn tolerance_ms(&self) -> f64 {
+        self.interval_ms() * f64::from(self.burst)
+    }
+
+    /// Largest lease: a quarter of the burst, at least 1.
+    fn max_lease(&self) -> u32 {
+        (self.burst / 4).max(1)
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "second",
+            60 => "minute",
+            _ => "hour",
+        };
+        write!(
+            f,
+            "at most {} pushes per {unit} (bursts of {})",
+            self.count, self.burst
+        )
+    }
+}
+
+/// A refused push: how long until the next one may pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Refused {
+    /// The exact wait.
+    pub(crate) wait: Duration,
+}
+
+impl Refused {
+    /// The `Retry-After` value: the wait in whole seconds, rounded up, ≥ 1.
+    pub(crate) fn retry_after_secs(&self) -> u64 {
+        let ms = self.wait.as_millis();
+        u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// A local GCRA bucket (the fallback while Redis is unreachable). Pure:
+/// times are ms on any monotonic clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Gcra {
+    tat: f64,
+}
+
+/// Slack for float rounding in bucket arithmetic, in ms.
+const EPSILON_MS: f64 = 1e-6;
+
+impl Gcra {
+    /// Admits one push at `now`, or says how long until one may pass.
+    pub(crate) fn admit(&mut self, limit: &RateLimit, now: f64) -> Result<(), Refused> {
+        let interval = limit.interval_ms();
+        let next = self.tat.max(now) + interval;
+        let over = next - now - limit.tolerance_ms();
+        if over <= EPSILON_MS {
+            self.tat = next;
+            Ok(())
+        } else {
+            Err(Refused {
+                wait: Duration::from_secs_f64(over / 1000.0),
+            })
+        }
+    }
+}
+
+/// What the shared bucket answered to a lease request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Grant {
+    /// Tokens granted (0: the bucket is empty).
+    pub(crate) granted: u32,
+    /// `TAT - now` after the grant, in ms.
+    pub(crate) debt_ms: f64,
+}
+
+impl Grant {
+    /// For an empty grant: how long until one token is back.
+    fn refused(&self, limit: &RateLimit) -> Refused {
+        let over = (self.debt_ms + limit.interval_ms() - limit.tolerance_ms()).max(1.0);
+        Refused {
+            wait: Duration::from_secs_f64(over / 1000.0),
+        }
+    }
+}
+
+// One monitor's GCRA bucket, leasing up to ARGV[3] tokens at once.
+// KEYS: the monitor's push-rate key (TAT, ms, Redis clock).
+// ARGV: interval T (ms), tolerance b × T (ms), tokens wanted.
+// Returns {granted, ceil(TAT - now) in ms}.
+const TAKE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local room = math.floor((now + tolerance - tat) / interval + 1e-9)
+local granted = math.max(0, math.min(tonumber(ARGV[3]), room))
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+end
+return {granted, math.ceil(tat - now)}
+"#;
+
+static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_LUA));
+
+/// What a replica knows of one monitor's bucket.
+#[derive(Debug)]
+struct Entry {
+    /// Tokens leased from the shared bucket and not used yet.
+    leased: u32,
+    /// When the last lease was taken (`None`: never).
+    leased_at: Option<Instant>,
+    /// Tokens the next lease asks for.
+    lease_size: u32,
+    /// Refused locally until then (the shared bucket is empty).
+    blocked_until: Option<Instant>,
+    /// The replica's own bucket, used while Redis is unreachable.
+    fallback: Gcra,
+    /// The last push checked.
+    last_used: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            leased: 0,
+            leased_at: None,
+            lease_size: 1,
+            blocked_until: None,
+            fallback: Gcra::default(),
+            last_used: now,
+        }
+    }
+}
+
+/// What the in-memory state decided for a push.
+#[derive(Debug, PartialEq)]
+enum Local {
+    /// Admitted from a lease.
+    Admit,
+    /// Refused: the shared bucket said it is empty.
+    Refuse(Refused),
+    /// Ask the shared bucket for a lease of this many tokens.
+    Ask(u32),
+}
+
+/// The rate limiter of one ingest replica.
+pub(crate) struct Limiter {
+    limit: RateLimit,
+    conn: ConnectionManager,
+    names: Names,
+    epoch: Instant,
+    entries: Mutex<HashMap<String, Entry>>,
+    redis_down_until: Mutex<Option<Instant>>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limit: RateLimit, conn: ConnectionManager, names: Names) -> Self {
+        Self {
+            limit,
+            conn,
+            names,
+            epoch: Instant::now(),
+            entries: Mutex::new(HashMap::new()),
+            redis_down_until: Mutex::new(None),
+        }
+    }
+
+    /// The configured limit.
+    pub(crate) fn limit(&self) -> &RateLimit {
+        &self.limit
+    }
+
+    /// Admits one push of `monitor_id`, or says how long to wait.
+    pub(crate) async fn check(&self, monitor_id: &str) -> Result<(), Refused> {
+        let want = match self.local(monitor_id, Instant::now()) {
+            Local::Admit => return Ok(()),
+            Local::Refuse(r) => return Err(r),
+            Local::Ask(want) => want,
+        };
+        let down = self
+            .redis_down_until
+            .lock()
+            .expect("limiter lock")
+            .is_some_and(|t| Instant::now() < t);
+        let grant = if down {
+            None
+        } else {
+            self.take(monitor_id, want).await
+        };
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("limiter lock");
+        let entry = entries
+            .entry(monitor_id.to_owned())
+            .or_insert_with(|| Entry::new(now));
+        let ms = now.duration_since(self.epoch).as_secs_f64() * 1000.0;
+        match grant {
+            // Redis unreachable: this replica's own bucket decides.
+            None => entry.fallback.admit(&self.limit, ms),
+            Some(g) if g.granted == 0 => {
+                let refused = g.refused(&self.limit);
+                entry.blocked_until = Some(now + refused.wait);
+                Err(refused)
+            }
+            Some(g) => {
+                entry.leased = entry.leased.saturating_add(g.granted - 1);
+                entry.leased_at = Some(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decides from memory when it can.
+    fn local(&self, monitor_id: &str, now: Instant) -> Local {
+        let mut entries = self.entries.lock().expect("limiter lock");
+        if !entries.contains_key(monitor_id) && entries.len() >= SWEEP_AT {
+            entries.retain(|_, e| now.duration_since(e.last_used) < IDLE);
+        }
+        let entry = entries
+            .entry(monitor_id.to_owned())
+            .or_insert_with(|| Entry::new(now));
+        entry.last_used = now;
+        decide(entry, &self.limit, now)
+    }
+
+    /// Takes up to `want` tokens from the shared bucket; `None` when Redis
+    /// did not answer (it is then not asked for [`REDIS_BACKOFF`]).
+    async fn take(&self, monitor_id: &str, want: u32) -> Option<Grant> {
+        let mut conn = self.conn.clone();
+        let key = self.names.push_rate(monitor_id);
+        let mut invocation = TAKE.key(&key);
+        invocation
+            .arg(self.limit.interval_ms())
+            .arg(self.limit.tolerance_ms())
+            .arg(want);
+        let call = invocation.invoke_async::<(u32, i64)>(&mut conn);
+        let error = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok((granted, debt_ms))) => {
+                return Some(Grant {
+                    granted,
+                    debt_ms: debt_ms as f64,
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
+        };
+        let mut down = self.redis_down_until.lock().expect("limiter lock");
+        if down.is_none_or(|t| Instant::now() >= t) {
+            tracing::warn!(
+                %error,
+                "push rate limit: shared bucket unreachable, limiting per replica for now"
+            );
+        }
+        *down = Some(Instant::now() + REDIS_BACKOFF);
+        None
+    }
+}
+
+/// The in-memory decision for one push (pure, apart from updating `entry`).
+fn decide(entry: &mut Entry, limit: &RateLimit, now: Instant) -> Local {
+    if let Some(until) = entry.blocked_until {
+        if now < until {
+            return Local::Refuse(Refused { wait: until - now });
+        }
+        entry.blocked_until = None;
+    }
+    let lease_age = entry.leased_at.map(|at| now.duration_since(at));
+    if entry.leased > 0 && lease_age.is_some_and(|age| age < LEASE_TTL) {
+        entry.leased -= 1;
+        return Local::Admit;
+    }
+    // The last lease is used up (or stale): size the next one by how fast
+    // the last one went.
+    entry.lease_size = if entry.leased == 0 && lease_age.is_some_and(|age| age < LEASE_SPAN) {
+        entry.lease_size.saturating_mul(2).min(limit.max_lease())
+    } else {
+        1
+    };
+    entry.leased = 0;
+    Local::Ask(entry.lease_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEN_PER_S: RateLimit = RateLimit::DEFAULT;
+
+    #[test]
+    fn parses_rates() {
+        let p = |r: &str, b| RateLimit::parse(r, b);
+        assert_eq!(p("10/s", 20).unwrap(), Some(TEN_PER_S));
+        assert_eq!(
+            p(" 6/m ", 3).unwrap(),
+            Some(RateLimit {
+                count: 6,
+                period: Duration::from_secs(60),
+                burst: 3
+            })
+        );
+        assert_eq!(
+            p("100/h", 1).unwrap().unwrap().period,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(p("off", 20).unwrap(), None);
+        assert_eq!(p("OFF", 0).unwrap(), None);
+        for bad in [
+            "",
+            "10",
+            "10/d",
+            "/s",
+            "x/s",
+            "0/s",
+            "-1/s",
+            "1.5/s",
+            "2000000/s",
+        ] {
+            assert!(p(bad, 20).is_err(), "{bad}");
+        }
+        assert!(p("10/s", 0).is_err());
+        assert_eq!(
+            TEN_PER_S.to_string(),
+            "at most 10 pushes per second (bursts of 20)"
+        );
+    }
+
+    #[test]
+    fn gcra_admits_a_burst_then_the_rate() {
+        let mut b = Gcra::default();
+        let t0 = 1_000_000.0;
+        for i in 0..20 {
+            assert_eq!(b.admit(&TEN_PER_S, t0), Ok(()), "push {i} of the burst");
+        }
+        let refused = b.admit(&TEN_PER_S, t0).unwrap_err();
+        assert_eq!(refused.wait, Duration::from_millis(100));
+        assert_eq!(refused.retry_after_secs(), 1);
+        // One more every 100 ms.
+        assert!(b.admit(&TEN_PER_S, t0 + 99.0).is_err());
+        assert!(b.admit(&TEN_PER_S, t0 + 100.0).is_ok());
+        assert!(b.admit(&TEN_PER_S, t0 + 100.0).is_err());
+        // Over any span D at most burst + D / T pass.
+        let mut b = Gcra::default();
+        let admitted = (0..10_000)
+            .filter(|i| b.admit(&TEN_PER_S, t0 + f64::from(*i)).is_ok())
+            .count();
+        assert_eq!(admitted, 20 + 99, "10 s at one push per ms");
+    }
+
+    #[test]
+    fn gcra_refills_fully_after_idle() {
+        let mut b = Gcra::default();
+        for _ in 0..20 {
+            b.admit(&TEN_PER_S, 0.0).unwrap();
+        }
+        assert!(b.admit(&TEN_PER_S, 0.0).is_err());
+        for _ in 0..20 {
+            b.admit(&TEN_PER_S, 2000.0).unwrap();
+        }
+        assert!(b.admit(&TEN_PER_S, 2000.0).is_err());
+    }
+
+    #[test]
+    fn slow_rates_wait_whole_seconds() {
+        let limit = RateLimit::parse("6/m", 1).unwrap().unwrap();
+        let mut b = Gcra::default();
+        b.admit(&limit, 0.0).unwrap();
+        let r = b.admit(&limit, 1500.0).unwrap_err();
+        assert_eq!(r.wait, Duration::from_millis(8500));
+        assert_eq!(r.retry_after_secs(), 9);
+        assert!(b.admit(&limit, 10_000.0).is_ok());
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second_rounded_up() {
+        let s = |ms| {
+            Refused {
+                wait: Duration::from_millis(ms),
+            }
+            .retry_after_secs()
+        };
+        assert_eq!((s(0), s(1), s(1000), s(1001), s(2500)), (1, 1, 1, 2, 3));
+    }
+
+    #[test]
+    fn an_empty_grant_says_when_a_token_is_back() {
+        // Bucket full: TAT = now + b × T.
+        let g = Grant {
+            granted: 0,
+            debt_ms: 2000.0,
+        };
+        assert_eq!(g.refused(&TEN_PER_S).wait, Duration::from_millis(100));
+        let g = Grant {
+            granted: 0,
+            debt_ms: 4000.0,
+        };
+        assert_eq!(g.refused(&TEN_PER_S).retry_after_secs(), 3);
+    }
+
+    #[test]
+    fn leases_are_used_locally_grow_when_busy_and_expire() {
+        let t0 = Instant::now();
+        let mut e = Entry::new(t0);
+        // First push: ask for one token.
+        assert_eq!(decide(&mut e, &TEN_PER_S, t0), Local::Ask(1));
+        // Granted 1, used at once; the next push asks again, for two.
+        e.leased_at = Some(t0);
+        assert_eq!(
+            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(10)),
+            Local::Ask(2)
+        );
+        // Granted 2: one admitted by the grant, one left in the lease.
+        e.leased = 1;
+        e.leased_at = Some(t0 + Duration::from_millis(10));
+        assert_eq!(
+            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(20)),
+            Local::Admit
+        );
+        // Busy: the lease doubles up to a quarter of the burst (5).
+        for size in [4, 5, 5] {
+            assert_eq!(
+                decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(30)),
+                Local::Ask(size)
+            );
+            e.leased_at = Some(t0 + Duration::from_millis(30));
+        }
+        // A lease left unused beyond its time is dropped; slow again: size 1.
+        e.leased = 3;
+        let later = t0 + Duration::from_millis(30) + LEASE_TTL;
+        assert_eq!(decide(&mut e, &TEN_PER_S, later), Local::Ask(1));
+        assert_eq!(e.leased, 0);
+    }
+
+    #[test]
+    fn an_empty_bucket_refuses_locally_until_a_token_is_back() {
+        let t0 = Instant::now();
+        let mut e = Entry::new(t0);
+        e.blocked_until = Some(t0 + Duration::from_millis(1500));
+        match decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(200)) {
+            Local::Refuse(r) => {
+                assert_eq!(r.wait, Duration::from_millis(1300));
+                assert_eq!(r.retry_after_secs(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(1500)),
+            Local::Ask(1)
+        );
+        assert_eq!(e.blocked_until, None);
+    }
+
+    /// A limiter on `redis_url` under a fresh prefix.
+    fn limiter(redis_url: &str, limit: RateLimit) -> Limiter {
+        use lifeline_shared::{store::Store, token};
+        let names = Names::new(&format!("limit-test-{}", token::new_id())).unwrap();
+        let store = Store::open(redis_url, names.clone(), Default::default()).unwrap();
+        Limiter::new(limit, store.conn(), names)
+    }
+
+    /// One push a minute, bursts of 8: slow enough that nothing refills
+    /// while the test runs.
+    const SLOW: RateLimit = RateLimit {
+        count: 1,
+        period: Duration::from_secs(60),
+        burst: 8,
+    };
+
+    #[tokio::test]
+    async fn the_shared_bucket_leases_up_to_the_burst_then_says_when() {
+        let l = limiter("redis://127.0.0.1:6379", SLOW);
+        let g = l.take("m1", 3).await.expect("redis answers");
+        assert_eq!(g.granted, 3);
+        // Fewer than asked when fewer are left.
+        assert_eq!(l.take("m1", 10).await.unwrap().granted, 5);
+        let g = l.take("m1", 1).await.unwrap();
+        assert_eq!(g.granted, 0);
+        assert!((479_000.0..=480_001.0).contains(&g.debt_ms), "{g:?}");
+        let wait = g.refused(&SLOW);
+        assert!(wait.wait > Duration::from_secs(59), "{wait:?}");
+        assert_eq!(wait.retry_after_secs(), 60);
+        // Each monitor has its own bucket.
+        assert_eq!(l.take("m2", 8).await.unwrap().granted, 8);
+
+        // Through `check`: the burst passes, then 429s with the exact wait.
+        for i in 0..8 {
+            assert_eq!(l.check("m3").await, Ok(()), "push {i}");
+        }
+        let refused = l.check("m3").await.unwrap_err();
+        assert_eq!(refused.retry_after_secs(), 60);
+        assert!(l.check("m3").await.is_err());
+
+        // The bucket expires by itself once it would be full again.
+        let mut conn = l.conn.clone();
+        let key = l.names.push_rate("m1");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((470_000..=481_000).contains(&ttl), "{ttl}");
+        let keys = ["m1", "m2", "m3"].map(|m| l.names.push_rate(m));
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_replica_limits_on_its_own() {
+        let l = limiter("redis://127.0.0.1:1", SLOW);
+        for i in 0..8 {
+            assert_eq!(l.check("m").await, Ok(()), "push {i}");
+        }
+        let refused = l.check("m").await.unwrap_err();
+        assert_eq!(refused.retry_after_secs(), 60);
+    }
+}
