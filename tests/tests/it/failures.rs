@@ -417,13 +417,31 @@ async fn evaluators_killed_in_a_loop_still_alert_every_change_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_inside_a_push_path_outage_are_extended_not_alerted() {
+async fn deadlines_inside_a_nats_outage_are_extended_not_alerted() {
+    push_path_outage(Break::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_inside_an_outage_of_every_ingest_replica_are_extended_not_alerted() {
+    push_path_outage(Break::Ingest).await;
+}
+
+/// How the push path is broken.
+#[derive(Clone, Copy, Debug)]
+enum Break {
+    /// NATS killed, then restarted.
+    Nats,
+    /// Every ingest replica killed, then started again.
+    Ingest,
+}
+
+async fn push_path_outage(how: Break) {
     let mut nats = PrivateServer::nats().await;
     let brokers = Brokers {
         nats_url: nats.url(),
         ..Brokers::local()
     };
-    let stack = ProcStack::start("outage", &brokers, (1, 1, 1), &[]).await;
+    let mut stack = ProcStack::start("outage", &brokers, (2, 1, 1), &[]).await;
     let hook = Receiver::start().await;
     let channel = stack.webhook_channel(&hook.url).await;
 
@@ -438,10 +456,20 @@ async fn deadlines_inside_a_push_path_outage_are_extended_not_alerted() {
     })
     .await;
 
-    nats.kill();
+    match how {
+        Break::Nats => nats.kill(),
+        Break::Ingest => stack.ingest.iter_mut().for_each(|s| s.proc.kill9()),
+    }
     let outage_started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    nats.restart().await;
+    match how {
+        Break::Nats => nats.restart().await,
+        Break::Ingest => {
+            for i in 0..stack.ingest.len() {
+                stack.respawn_ingest(i);
+            }
+        }
+    }
     // Pushes get through again; the beats of the 20 come in right after.
     wait_for(
         Duration::from_secs(30),
