@@ -24,7 +24,7 @@ use lifeline_shared::{
     state::Input,
     store::Store,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Beats held in one lane's queue.
@@ -128,6 +128,12 @@ async fn consume(
             Some(Ok(msg)) => msg,
         };
         if msg.subject.as_str() == pulse_subject {
+            // Beats dispatched before this pulse are applied before the
+            // watermark passes them, so the ticker cannot fire a deadline
+            // that one of them was about to meet.
+            if !drain(&senders).await {
+                break Err(anyhow::anyhow!("beat lane stopped"));
+            }
             handle_pulse(store, msg).await;
             continue;
         }
@@ -142,7 +148,11 @@ async fn consume(
             }
         };
         let lane = usize::from(lifeline_shared::names::shard_of(&event.monitor_id)) % senders.len();
-        if senders[lane].send((msg, event)).await.is_err() {
+        if senders[lane]
+            .send(Work::Beat(Box::new(msg), event))
+            .await
+            .is_err()
+        {
             break Err(anyhow::anyhow!("beat lane stopped"));
         }
     };
@@ -152,6 +162,32 @@ async fn consume(
         let _ = w.await;
     }
     result
+}
+
+/// What a lane is given.
+enum Work {
+    /// A beat to apply (and acknowledge).
+    Beat(Box<jetstream::Message>, BeatEvent),
+    /// Answer once everything queued before it is applied.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Waits until every lane has applied what it was given so far.
+async fn drain(lanes: &[mpsc::Sender<Work>]) -> bool {
+    let mut done = Vec::with_capacity(lanes.len());
+    for lane in lanes {
+        let (tx, rx) = oneshot::channel();
+        if lane.send(Work::Barrier(tx)).await.is_err() {
+            return false;
+        }
+        done.push(rx);
+    }
+    for rx in done {
+        if rx.await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Advances the push-path watermark; records an outage after a gap.
@@ -195,12 +231,19 @@ async fn handle_pulse(store: &Store, msg: jetstream::Message) {
 
 /// Applies the beats of its monitors in order; acknowledges each once committed.
 async fn lane(
-    mut rx: mpsc::Receiver<(jetstream::Message, BeatEvent)>,
+    mut rx: mpsc::Receiver<Work>,
     store: Store,
     jobs: mpsc::Sender<AlertJob>,
     shutdown: CancellationToken,
 ) {
-    while let Some((msg, event)) = rx.recv().await {
+    while let Some(work) = rx.recv().await {
+        let (msg, event) = match work {
+            Work::Beat(msg, event) => (msg, event),
+            Work::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let seq = match msg.info() {
             Ok(info) => info.stream_sequence,
             Err(error) => {
