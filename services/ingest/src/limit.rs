@@ -72,7 +72,13 @@ pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed call, how long the shared bucket is not asked.
 pub(crate) const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Monitors tracked before idle ones are swept.
+/// The tracked monitors, and the size at which idle ones are next swept.
+struct Tracked {
+    map: HashMap<String, Entry>,
+    sweep_at: usize,
+}
+
+/// Monitors tracked before idle ones are first swept.
 const SWEEP_AT: usize = 10_000;
 
 /// A monitor not pushed for this long is forgotten (its shared bucket is
@@ -295,7 +301,7 @@ pub(crate) struct Limiter {
     conn: ConnectionManager,
     names: Names,
     epoch: Instant,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Tracked>,
     redis_down_until: Mutex<Option<Instant>>,
 }
 
@@ -306,7 +312,10 @@ impl Limiter {
             conn,
             names,
             epoch: Instant::now(),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Tracked {
+                map: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
             redis_down_until: Mutex::new(None),
         }
     }
@@ -336,6 +345,7 @@ impl Limiter {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("limiter lock");
         let entry = entries
+            .map
             .entry(monitor_id.to_owned())
             .or_insert_with(|| Entry::new(now));
         let ms = now.duration_since(self.epoch).as_secs_f64() * 1000.0;
@@ -358,10 +368,16 @@ impl Limiter {
     /// Decides from memory when it can.
     fn local(&self, monitor_id: &str, now: Instant) -> Local {
         let mut entries = self.entries.lock().expect("limiter lock");
-        if !entries.contains_key(monitor_id) && entries.len() >= SWEEP_AT {
-            entries.retain(|_, e| now.duration_since(e.last_used) < IDLE);
+        if !entries.map.contains_key(monitor_id) && entries.map.len() >= entries.sweep_at {
+            entries
+                .map
+                .retain(|_, e| now.duration_since(e.last_used) < IDLE);
+            // Next sweep once the map has doubled: amortised O(1) per push
+            // even when every tracked monitor is active.
+            entries.sweep_at = (entries.map.len() * 2).max(SWEEP_AT);
         }
         let entry = entries
+            .map
             .entry(monitor_id.to_owned())
             .or_insert_with(|| Entry::new(now));
         entry.last_used = now;

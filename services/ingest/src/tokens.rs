@@ -41,7 +41,9 @@ impl TokenCache {
         if entries.len() >= SWEEP_AT {
             let ttl = self.ttl;
             entries.retain(|_, (_, at)| at.elapsed() < ttl);
-            if entries.len() >= SWEEP_AT {
+            // At least SWEEP_AT / 2 inserts before the next sweep, so a
+            // sweep costs O(1) per insert even when most entries are fresh.
+            if entries.len() > SWEEP_AT / 2 {
                 entries.clear();
             }
         }
