@@ -138,15 +138,8 @@ impl Publisher {
         Ok((conn, ch))
     }
 
-    /// Publishes `body` (JSON) to `exchange` with `routing_key`, persistent
-    /// and mandatory, and waits for RabbitMQ's confirm.
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        message_id: &str,
-    ) -> Result<(), AmqpError> {
+    /// The open channel, connecting first if needed.
+    async fn channel(&self) -> Result<Channel, AmqpError> {
         let mut guard = self.inner.lock().await;
         if guard
             .as_ref()
@@ -154,7 +147,20 @@ impl Publisher {
         {
             *guard = Some(self.open().await?);
         }
-        let (_, ch) = guard.as_ref().expect("opened above");
+        Ok(guard.as_ref().expect("opened above").1.clone())
+    }
+
+    /// Publishes `body` (JSON) to `exchange` with `routing_key`, persistent
+    /// and mandatory, and waits for RabbitMQ's confirm. Many publishes may
+    /// wait for their confirms at once (the lock covers only connecting).
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<(), AmqpError> {
+        let ch = self.channel().await?;
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -186,7 +192,12 @@ impl Publisher {
         }
         .await;
         if result.is_err() {
-            *guard = None;
+            // Drop the channel that failed (not one a concurrent publish
+            // may have opened since).
+            let mut guard = self.inner.lock().await;
+            if guard.as_ref().is_some_and(|(_, c)| c.id() == ch.id()) {
+                *guard = None;
+            }
         }
         result
     }
@@ -212,13 +223,6 @@ impl Publisher {
 
     /// Whether RabbitMQ is reachable (connects if needed).
     pub async fn ready(&self) -> Result<(), AmqpError> {
-        let mut guard = self.inner.lock().await;
-        if guard
-            .as_ref()
-            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
-        {
-            *guard = Some(self.open().await?);
-        }
-        Ok(())
+        self.channel().await.map(|_| ())
     }
 }

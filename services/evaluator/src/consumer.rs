@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
-    model::{AlertJob, BeatEvent, BeatRecord, Pulse},
+    model::{BeatEvent, BeatRecord, Pulse},
     names::Names,
     nats,
     state::Input,
@@ -43,7 +43,7 @@ pub(crate) async fn run(
     store: Store,
     names: Names,
     lanes: usize,
-    jobs: mpsc::Sender<AlertJob>,
+    jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(200);
@@ -81,7 +81,7 @@ async fn consume(
     store: &Store,
     names: &Names,
     lanes: usize,
-    jobs: &mpsc::Sender<AlertJob>,
+    jobs: &crate::outbox::Relay,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = nats::ensure_beats_stream(js, names)
@@ -233,7 +233,7 @@ async fn handle_pulse(store: &Store, msg: jetstream::Message) {
 async fn lane(
     mut rx: mpsc::Receiver<Work>,
     store: Store,
-    jobs: mpsc::Sender<AlertJob>,
+    jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
     while let Some(work) = rx.recv().await {
@@ -283,7 +283,7 @@ async fn lane(
         };
         metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
         for job in applied.into_iter().flat_map(|a| a.jobs) {
-            crate::outbox::hand_over(&jobs, job);
+            jobs.hand_over(job);
         }
         if let Err(error) = msg.ack().await {
             tracing::warn!(%error, "beat applied but not acknowledged; its redelivery will be ignored");

@@ -15,8 +15,7 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use lifeline_shared::{model::AlertJob, state::Input, store::Store, time::now_ms};
-use tokio::sync::mpsc;
+use lifeline_shared::{state::Input, store::Store, time::now_ms};
 use tokio_util::sync::CancellationToken;
 
 /// Due monitors read per shard and tick.
@@ -29,7 +28,7 @@ const CONCURRENCY: usize = 32;
 pub(crate) async fn run(
     store: Store,
     tick: Duration,
-    jobs: mpsc::Sender<AlertJob>,
+    jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
     let mut interval = tokio::time::interval(tick);
@@ -83,7 +82,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) {
+async fn fire(store: &Store, id: &str, now: i64, jobs: &crate::outbox::Relay) {
     match store.apply(id, Input::Tick { now }).await {
         Ok(Some(applied)) => {
             if let Some(deadline) = applied
@@ -100,7 +99,7 @@ async fn fire(store: &Store, id: &str, now: i64, jobs: &mpsc::Sender<AlertJob>) 
                 let _ = store.forget_deadline(id).await;
             }
             for job in applied.jobs {
-                crate::outbox::hand_over(jobs, job);
+                jobs.hand_over(job);
             }
         }
         Ok(None) => {

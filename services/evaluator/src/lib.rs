@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use lifeline_shared::{amqp::Publisher, http, nats, store::Store};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -72,11 +72,17 @@ pub async fn run(
     ));
     tracing::info!(%addr, "evaluator ops listening");
 
-    let (jobs_tx, jobs_rx) = mpsc::channel(10_000);
-    let relay = tokio::spawn(outbox::relay(publisher.clone(), store.clone(), jobs_rx));
+    let (jobs_tx, jobs_rx) = outbox::Relay::new(10_000);
+    let relay = tokio::spawn(outbox::relay(
+        publisher.clone(),
+        store.clone(),
+        jobs_tx.clone(),
+        jobs_rx,
+    ));
     let sweeper = tokio::spawn(outbox::sweep(
         publisher,
         store.clone(),
+        jobs_tx.clone(),
         config.sweep_every,
         shutdown.clone(),
     ));

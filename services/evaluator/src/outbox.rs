@@ -8,7 +8,13 @@
 //! down). A job may thus reach RabbitMQ twice, always with the same alert
 //! id, which the notifier delivers once per channel.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
 
 use lifeline_shared::{amqp::Publisher, model::AlertJob, store::Store};
 use tokio::sync::mpsc;
@@ -38,25 +44,74 @@ async fn publish(publisher: &Publisher, store: &Store, job: &AlertJob) -> bool {
     }
 }
 
-/// Hands a freshly written job to the relay. The job is already safe in
-/// the outbox, so when the relay is behind (RabbitMQ slow or down) it is
-/// left to the sweep rather than holding up beats and deadlines.
-pub(crate) fn hand_over(relay: &mpsc::Sender<AlertJob>, job: AlertJob) {
-    if let Err(mpsc::error::TrySendError::Full(job)) = relay.try_send(job) {
-        tracing::warn!(alert.id = %job.alert_id, "alert relay busy: the outbox sweep will publish this alert");
+/// Publishes at most this many jobs at once (each waits for its confirm).
+const IN_FLIGHT: usize = 64;
+
+/// The sending side of the relay: hands it freshly written jobs, and knows
+/// which ones it holds so the sweep leaves them alone.
+#[derive(Clone)]
+pub(crate) struct Relay {
+    tx: mpsc::Sender<AlertJob>,
+    held: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Relay {
+    /// A relay handle and its queue (`capacity` jobs).
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<AlertJob>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Self {
+                tx,
+                held: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Hands a freshly written job to the relay. The job is already safe in
+    /// the outbox, so when the relay is behind (RabbitMQ slow or down) it is
+    /// left to the sweep rather than holding up beats and deadlines.
+    pub(crate) fn hand_over(&self, job: AlertJob) {
+        let id = job.alert_id.clone();
+        self.held.lock().expect("relay lock").insert(id.clone());
+        if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
+            self.held.lock().expect("relay lock").remove(&id);
+            tracing::warn!(alert.id = %job.alert_id, "alert relay busy: the outbox sweep will publish this alert");
+        }
+    }
+
+    fn holds(&self, alert_id: &str) -> bool {
+        self.held.lock().expect("relay lock").contains(alert_id)
     }
 }
 
-/// Publishes jobs as state changes produce them, until every sender is gone.
+/// Publishes jobs as state changes produce them, [`IN_FLIGHT`] at a time,
+/// until every sender is gone.
 pub(crate) async fn relay(
     publisher: Arc<Publisher>,
     store: Store,
-    mut jobs: mpsc::Receiver<AlertJob>,
+    relay: Relay,
+    jobs: mpsc::Receiver<AlertJob>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        tracing::info!(alert.id = %job.alert_id, monitor.id = %job.monitor.id, event = job.event.as_str(), reason = ?job.reason, "alert raised");
-        publish(&publisher, &store, &job).await;
-    }
+    // Only the relay's handle is kept here: drop the sender half so the
+    // queue closes when the producers' clones are gone.
+    let held = relay.held.clone();
+    drop(relay);
+    tokio_stream_of(jobs)
+        .for_each_concurrent(IN_FLIGHT, |job| {
+            let (publisher, store, held) = (publisher.clone(), store.clone(), held.clone());
+            async move {
+                tracing::info!(alert.id = %job.alert_id, monitor.id = %job.monitor.id, event = job.event.as_str(), reason = ?job.reason, "alert raised");
+                publish(&publisher, &store, &job).await;
+                held.lock().expect("relay lock").remove(&job.alert_id);
+            }
+        })
+        .await;
+}
+
+/// A receiver as a stream.
+fn tokio_stream_of(mut rx: mpsc::Receiver<AlertJob>) -> impl futures::Stream<Item = AlertJob> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The change number in an alert id `<monitor>.<n>`.
@@ -73,6 +128,7 @@ fn change_number(alert_id: &str) -> u64 {
 pub(crate) async fn sweep(
     publisher: Arc<Publisher>,
     store: Store,
+    relay: Relay,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -94,16 +150,30 @@ pub(crate) async fn sweep(
         // Oldest first, and a monitor's down before its up.
         jobs.sort_by_key(|j| (j.at, change_number(&j.alert_id)));
         let mut still = HashSet::new();
+        let mut left_behind = Vec::new();
         for job in jobs {
+            if relay.holds(&job.alert_id) {
+                continue; // the relay is about to publish it
+            }
             if seen.contains(&job.alert_id) {
-                tracing::info!(alert.id = %job.alert_id, "republishing alert job left in the outbox");
-                if !publish(&publisher, &store, &job).await {
-                    still.insert(job.alert_id);
-                }
+                left_behind.push(job);
             } else {
                 still.insert(job.alert_id);
             }
         }
+        let failed: Vec<String> = futures::stream::iter(left_behind)
+            .map(|job| {
+                let (publisher, store) = (publisher.clone(), store.clone());
+                async move {
+                    tracing::info!(alert.id = %job.alert_id, "republishing alert job left in the outbox");
+                    (!publish(&publisher, &store, &job).await).then_some(job.alert_id)
+                }
+            })
+            .buffered(IN_FLIGHT)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        still.extend(failed);
         metrics::gauge!("lifeline_evaluator_outbox_jobs").set(still.len() as f64);
         seen = still;
     }
