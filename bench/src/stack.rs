@@ -1,0 +1,626 @@
+//! The stack under test: the release binaries of the services, started as
+//! child processes under a prefix of the benchmark's own, on free ports,
+//! against the machine's brokers — and everything removed again afterwards.
+//!
+//! Each mode takes a fresh prefix from [`Env::scope`] (`bench-<mode>-<id>`),
+//! so its counters start at zero and nothing it writes mixes with other
+//! users of the brokers. [`Env::release`] deletes what the prefix created —
+//! Redis keys (by `SCAN`, never on a hot path of the services), the NATS
+//! stream, the RabbitMQ queues and exchange — and `lifeline-bench clean`
+//! removes whatever an interrupted run left behind under `bench-*`.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lifeline_shared::names::Names;
+
+/// Where the brokers are.
+#[derive(Clone, Debug)]
+pub(crate) struct Brokers {
+    pub(crate) nats_url: String,
+    pub(crate) redis_url: String,
+    pub(crate) amqp_url: String,
+}
+
+/// What every mode shares: brokers, binaries, output, and the prefixes in
+/// use (removed at the end, however the run ends).
+pub(crate) struct Env {
+    pub(crate) brokers: Brokers,
+    pub(crate) bin_dir: PathBuf,
+    pub(crate) log_dir: PathBuf,
+    /// `RUST_LOG` of the services.
+    pub(crate) service_log: String,
+    pub(crate) ingest_replicas: usize,
+    pub(crate) evaluator_replicas: usize,
+    pub(crate) quick: bool,
+    /// The command as typed, for the record.
+    pub(crate) command: String,
+    /// The commit the binaries were built from, as far as git knows.
+    pub(crate) code: String,
+    /// `BENCHMARKS.md` to update, if any.
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) http: reqwest::Client,
+    prefixes: Mutex<Vec<Names>>,
+}
+
+impl Env {
+    /// The environment of a run: `global` options, the binaries in
+    /// `bin_dir`, `command` as typed, results written to `output` if any.
+    pub(crate) fn new(
+        global: &crate::cli::Global,
+        bin_dir: PathBuf,
+        command: String,
+        output: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let log_dir = bin_dir
+            .parent()
+            .map_or_else(|| bin_dir.join("bench-logs"), |t| t.join("bench-logs"));
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        // Only the latest run's logs are kept.
+        if let Ok(dir) = std::fs::read_dir(&log_dir) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Self {
+            brokers: Brokers {
+                nats_url: global.nats_url.clone(),
+                redis_url: global.redis_url.clone(),
+                amqp_url: global.amqp_url.clone(),
+            },
+            bin_dir,
+            log_dir,
+            service_log: global.service_log.clone(),
+            ingest_replicas: global.ingest.max(1),
+            evaluator_replicas: global.evaluators.max(1),
+            quick: global.quick,
+            command,
+            code: code_version(),
+            output,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            prefixes: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A fresh prefix for one mode, removed by [`Env::release`] or at exit.
+    pub(crate) fn scope(&self, tag: &str) -> Names {
+        let id = lifeline_shared::token::new_id();
+        let names = Names::new(&format!("bench-{tag}-{}", &id[..8])).expect("valid prefix");
+        self.prefixes
+            .lock()
+            .expect("prefix lock")
+            .push(names.clone());
+        names
+    }
+
+    /// Removes everything `names` created in the brokers.
+    pub(crate) async fn release(&self, names: &Names) {
+        cleanup(&self.brokers, names).await;
+        self.prefixes
+            .lock()
+            .expect("prefix lock")
+            .retain(|n| n != names);
+    }
+
+    /// Removes every prefix still in use (at exit, also after an error).
+    pub(crate) async fn release_all(&self) {
+        let all: Vec<Names> = std::mem::take(&mut *self.prefixes.lock().expect("prefix lock"));
+        for names in all {
+            cleanup(&self.brokers, &names).await;
+        }
+    }
+
+    /// The environment every service process gets.
+    fn service_env(&self, names: &Names) -> HashMap<String, String> {
+        [
+            ("LIFELINE_PREFIX", names.prefix()),
+            ("LIFELINE_NATS_URL", &self.brokers.nats_url),
+            ("LIFELINE_REDIS_URL", &self.brokers.redis_url),
+            ("LIFELINE_AMQP_URL", &self.brokers.amqp_url),
+            ("LIFELINE_API_KEY", "bench-api-key-not-secret"),
+            ("RUST_LOG", &self.service_log),
+            ("NO_COLOR", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+}
+
+/// `c126e6a`, `c126e6a with uncommitted changes`, or `unknown`: the
+/// working tree's commit when the run started (scripts/bench builds the
+/// binaries from it just before).
+fn code_version() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(sha) => {
+            // Changes to the record itself do not count.
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| s.lines().any(|l| !l.ends_with("BENCHMARKS.md")));
+            if dirty {
+                format!("{sha} with uncommitted changes")
+            } else {
+                sha
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One child process with an HTTP port; killed when dropped.
+pub(crate) struct Service {
+    /// `ingest`, `evaluator`, `api`, `notifier`, `trivial`.
+    pub(crate) kind: &'static str,
+    pub(crate) port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `program` with `env`, its output in a log file.
+    pub(crate) fn spawn(
+        env: &Env,
+        kind: &'static str,
+        program: &Path,
+        args: &[String],
+        vars: &HashMap<String, String>,
+        port: u16,
+    ) -> anyhow::Result<Self> {
+        let log = env
+            .log_dir
+            .join(format!("{kind}-{port}-{}.log", std::process::id()));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(vars)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (built by `cargo build --release --bins`; scripts/bench does it)",
+                    program.display()
+                )
+            })?;
+        Ok(Self {
+            kind,
+            port,
+            child,
+            log,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of its log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// An error if the process has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!(
+                "{} (port {}) exited ({status}); its log {}:\n{}",
+                self.kind,
+                self.port,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `GET /readyz` (or `path`) answers 200.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        http: &reqwest::Client,
+        path: &str,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}{path}", self.url());
+        loop {
+            self.check_alive()?;
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} on port {} not ready after 30 s; its log:\n{}",
+                    self.kind,
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which services to start.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Spec {
+    pub(crate) api: bool,
+    pub(crate) notifier: bool,
+    /// Extra environment for every service.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// The running services of one prefix.
+pub(crate) struct Stack {
+    pub(crate) ingest: Vec<Service>,
+    pub(crate) evaluators: Vec<Service>,
+    pub(crate) others: Vec<Service>,
+}
+
+impl Stack {
+    /// Starts the services (evaluators first, as `scripts/up` does) and
+    /// waits until each answers `/readyz`.
+    pub(crate) async fn start(env: &Env, names: &Names, spec: &Spec) -> anyhow::Result<Self> {
+        let mut vars = env.service_env(names);
+        vars.extend(spec.env.iter().cloned());
+        let spawn = |kind: &'static str, var: &str| -> anyhow::Result<Service> {
+            let port = free_port()?;
+            let mut v = vars.clone();
+            v.insert(var.to_owned(), format!("127.0.0.1:{port}"));
+            Service::spawn(
+                env,
+                kind,
+                &env.bin_dir.join(format!("lifeline-{kind}")),
+                &[],
+                &v,
+                port,
+            )
+        };
+        let mut stack = Self {
+            evaluators: (0..env.evaluator_replicas)
+                .map(|_| spawn("evaluator", "LIFELINE_EVALUATOR_ADDR"))
+                .collect::<anyhow::Result<_>>()?,
+            ingest: Vec::new(),
+            others: Vec::new(),
+        };
+        if spec.notifier {
+            stack
+                .others
+                .push(spawn("notifier", "LIFELINE_NOTIFIER_ADDR")?);
+        }
+        stack.ingest = (0..env.ingest_replicas)
+            .map(|_| spawn("ingest", "LIFELINE_INGEST_ADDR"))
+            .collect::<anyhow::Result<_>>()?;
+        if spec.api {
+            stack.others.push(spawn("api", "LIFELINE_API_ADDR")?);
+        }
+        for s in stack.all_mut() {
+            s.wait_ready(&env.http, "/readyz").await?;
+        }
+        Ok(stack)
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Service> {
+        self.evaluators
+            .iter_mut()
+            .chain(self.ingest.iter_mut())
+            .chain(self.others.iter_mut())
+    }
+
+    /// Every service.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Service> {
+        self.evaluators
+            .iter()
+            .chain(self.ingest.iter())
+            .chain(self.others.iter())
+    }
+
+    /// An error naming the first service that has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        for s in self.all_mut() {
+            s.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// The ingest replicas' addresses.
+    pub(crate) fn ingest_addrs(&self) -> Vec<SocketAddr> {
+        self.ingest.iter().map(Service::addr).collect()
+    }
+
+    /// Pids by label (`ingest`, `evaluator`: replicas together) for CPU
+    /// accounting.
+    pub(crate) fn pid_groups(&self) -> Vec<(String, Vec<u32>)> {
+        let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+        for s in self.all() {
+            match groups.iter_mut().find(|(k, _)| k == s.kind) {
+                Some((_, pids)) => pids.push(s.pid()),
+                None => groups.push((s.kind.to_owned(), vec![s.pid()])),
+            }
+        }
+        groups
+    }
+
+    /// (label, pid) of each process, replicas numbered.
+    pub(crate) fn labelled_pids(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for kind in ["ingest", "evaluator", "api", "notifier"] {
+            let of_kind: Vec<&Service> = self.all().filter(|s| s.kind == kind).collect();
+            for (i, s) in of_kind.iter().enumerate() {
+                let label = if of_kind.len() > 1 {
+                    format!("{kind} #{}", i + 1)
+                } else {
+                    kind.to_owned()
+                };
+                out.push((label, s.pid()));
+            }
+        }
+        out
+    }
+
+    /// The sum over evaluator replicas of the Prometheus series `name` whose
+    /// labels include `label` (e.g. `result="applied"`); a series not yet
+    /// rendered counts as zero.
+    pub(crate) async fn evaluator_metric(
+        &self,
+        http: &reqwest::Client,
+        name: &str,
+        label: &str,
+    ) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for e in &self.evaluators {
+            let text = http
+                .get(format!("{}/metrics", e.url()))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            total += metric_sum(&text, name, label);
+        }
+        Ok(total)
+    }
+}
+
+/// Sums the samples of `name` (exactly that metric) whose label set
+/// contains `label` (or any, if `label` is empty) in Prometheus text.
+pub(crate) fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, v) = r.split_once('}')?;
+                (labels, v)
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None; // another metric sharing the name's start
+            };
+            if !label.is_empty() && !labels.split(',').any(|l| l.trim() == label) {
+                return None;
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Removes every Redis key, the NATS stream and the RabbitMQ queues and
+/// exchange of `names` (best effort, bounded in time).
+pub(crate) async fn cleanup(brokers: &Brokers, names: &Names) {
+    let limit = Duration::from_secs(300);
+    if tokio::time::timeout(limit, cleanup_inner(brokers, names))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "bench: cleaning up {} took over {limit:?}; `lifeline-bench clean` removes the rest",
+            names.prefix()
+        );
+    }
+}
+
+async fn cleanup_inner(brokers: &Brokers, names: &Names) {
+    delete_redis_keys(&brokers.redis_url, &names.redis_pattern()).await;
+    if let Ok(Ok(client)) = tokio::time::timeout(
+        Duration::from_secs(3),
+        async_nats::connect(brokers.nats_url.as_str()),
+    )
+    .await
+    {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(names.beats_stream()).await;
+    }
+    // The notifier declares delay queues of its own: list them.
+    let mut queues = rabbit_names("list_queues", &format!("{}.", names.prefix())).await;
+    queues.extend([
+        names.alerts_queue(),
+        names.deliveries_queue(),
+        names.dead_queue(),
+    ]);
+    queues.sort();
+    queues.dedup();
+    delete_amqp(&brokers.amqp_url, &queues, &[names.alerts_exchange()]).await;
+}
+
+/// Names of RabbitMQ queues or exchanges (`what`: `list_queues`,
+/// `list_exchanges`) starting with `prefix`, from `rabbitmqctl` (empty if
+/// it is not available).
+async fn rabbit_names(what: &str, prefix: &str) -> Vec<String> {
+    tokio::process::Command::new("rabbitmqctl")
+        .args([what, "-q", "--no-table-headers", "name"])
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `SCAN … MATCH pattern` and `UNLINK` in batches.
+async fn delete_redis_keys(url: &str, pattern: &str) -> u64 {
+    let Ok(client) = redis::Client::open(url) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = r else { break };
+        if !keys.is_empty() {
+            let n: redis::RedisResult<u64> =
+                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+            deleted += n.unwrap_or(0);
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    deleted
+}
+
+async fn delete_amqp(url: &str, queues: &[String], exchanges: &[String]) {
+    let Ok(Ok(conn)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in queues {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        for x in exchanges {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "bench cleanup".into()).await;
+}
+
+/// `lifeline-bench clean`: removes everything under any `bench-*` prefix —
+/// what an interrupted run left behind.
+pub(crate) async fn clean_all(brokers: &Brokers) -> anyhow::Result<()> {
+    let keys = delete_redis_keys(&brokers.redis_url, "bench-*").await;
+    println!("redis: {keys} keys removed");
+    let client = async_nats::connect(brokers.nats_url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut names = js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+        if name.starts_with("bench-") {
+            streams.push(name);
+        }
+    }
+    for s in &streams {
+        let _ = js.delete_stream(s).await;
+    }
+    println!("nats: {} streams removed", streams.len());
+    let (queues, exchanges) = (
+        rabbit_names("list_queues", "bench-").await,
+        rabbit_names("list_exchanges", "bench-").await,
+    );
+    delete_amqp(&brokers.amqp_url, &queues, &exchanges).await;
+    println!(
+        "rabbitmq: {} queues, {} exchanges removed",
+        queues.len(),
+        exchanges.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_pick_the_series_asked_for() {
+        let text = "# HELP lifeline_evaluator_beats_total x\n\
+            # TYPE lifeline_evaluator_beats_total counter\n\
+            lifeline_evaluator_beats_total{result=\"applied\"} 1200\n\
+            lifeline_evaluator_beats_total{result=\"late\"} 3\n\
+            lifeline_evaluator_beats_total_other{result=\"applied\"} 99\n\
+            lifeline_evaluator_outages_total 2\n";
+        assert_eq!(
+            metric_sum(text, "lifeline_evaluator_beats_total", "result=\"applied\""),
+            1200.0
+        );
+        assert_eq!(
+            metric_sum(text, "lifeline_evaluator_beats_total", ""),
+            1203.0
+        );
+        assert_eq!(
+            metric_sum(text, "lifeline_evaluator_outages_total", ""),
+            2.0
+        );
+        assert_eq!(
+            metric_sum(text, "lifeline_evaluator_beats_total", "result=\"x\""),
+            0.0
+        );
+    }
+}
