@@ -78,7 +78,7 @@ impl Record {
     pub(crate) fn header(&self, env: &Env, cpu: Option<&CpuUsage>) -> String {
         let (l1, l5, _) = self.load_before;
         let mut out = format!(
-            "* Command: `{}`{}\n* Date: {}\n* Code: {}\n* Machine: {}\n* Load: load average {l1:.2} (1 min), {l5:.2} (5 min) before the run",
+            "* Command: `{}`{}\n* Date: {}\n* Code: {}\n* Machine: {}\n* Load: load average {l1:.2} (1 min), {l5:.2} (5 min) before the run, counting this tool's own earlier runs",
             env.command,
             if env.quick {
                 " — **quick smoke run: small sizes, short durations; not a measurement**"
