@@ -82,6 +82,11 @@ impl Names {
         format!("{}.beats.{shard}", self.prefix)
     }
 
+    /// Subject ingest publishes batches of beats on ([`crate::model::BeatBatch`]).
+    pub fn beat_batches_subject(&self) -> String {
+        format!("{}.beats.batch", self.prefix)
+    }
+
     /// Wildcard covering every beat subject.
     pub fn beats_subjects(&self) -> String {
         format!("{}.beats.>", self.prefix)
@@ -166,6 +171,12 @@ impl Names {
     /// Push token (by its SHA-256) → monitor id.
     pub fn token(&self, token_hash: &str) -> String {
         format!("{}:token:{token_hash}", self.prefix)
+    }
+
+    /// Counter bumped whenever a push token is revoked (rotation, deletion):
+    /// ingest replicas watch it and drop their cached token lookups.
+    pub fn token_generation(&self) -> String {
+        format!("{}:tokens:gen", self.prefix)
     }
 
     /// Index of all monitors.

@@ -1,17 +1,23 @@
 //! Lifeline's Redis store: monitors, their state and deadlines, beat and
 //! state-change history, the alert outbox, push tokens and channels.
 //!
-//! Every write to a monitor goes through [`Store::commit`], one Lua script
-//! that checks the monitor's version and then, atomically and within one
-//! hash slot, writes the new state, moves the deadline in the shard's index,
-//! appends history and puts the alert jobs in the shard's outbox. Two
-//! evaluator replicas racing on one monitor therefore cannot both raise the
-//! same alert: the loser sees a version conflict and recomputes.
+//! Every write to a monitor goes through one Lua script (see
+//! [`Store::commit`]) that checks the monitor's version and then,
+//! atomically and within one hash slot, writes the new state, moves the
+//! deadline in the shard's index, appends history and puts the alert jobs
+//! in the shard's outbox. Two evaluator replicas racing on one monitor
+//! therefore cannot both raise the same alert: the loser sees a version
+//! conflict and recomputes.
+//!
+//! [`Store::apply`] runs one state-machine step in two round trips (read,
+//! then the script). [`Store::apply_batch`], for the hot paths, runs many
+//! steps in a few: one pipelined read and one pipelined batch of scripts
+//! per round, each round holding a monitor at most once.
 //! Key layout: [`crate::names`].
 
-use std::{sync::LazyLock, time::Duration};
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script, ScriptInvocation, aio::ConnectionManager};
 
 use crate::{
     model::{
@@ -49,6 +55,47 @@ pub enum CommitResult {
     Conflict,
     /// The monitor no longer exists.
     Missing,
+}
+
+impl CommitResult {
+    /// The meaning of the commit script's answer.
+    fn of(answer: i64) -> Self {
+        match answer {
+            1 => Self::Committed,
+            0 => Self::Conflict,
+            _ => Self::Missing,
+        }
+    }
+}
+
+/// A monitor's `cfg`, `st` and `ver` fields as `HMGET` answers them.
+type MonitorRow = (Option<String>, Option<String>, Option<u64>);
+
+/// Whether `input` fires `state`'s deadline, the only case in which a step
+/// needs the push-path outages.
+fn fires(state: &MonitorState, input: Input<'_>) -> bool {
+    let at = match input {
+        Input::Beat(b) => b.at,
+        Input::Tick { now } => now,
+        _ => return false,
+    };
+    state.deadline.is_some_and(|d| d <= at)
+}
+
+/// The rounds of [`Store::apply_batch`]: input indexes, each monitor at
+/// most once per round, a monitor's k-th input in round k.
+fn rounds(inputs: &[(&str, Input<'_>)]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(inputs.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, &(id, _)) in inputs.iter().enumerate() {
+        let k = seen.entry(id).or_default();
+        if *k == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(i);
+        *k += 1;
+    }
+    rounds
 }
 
 /// Everything one state-machine step writes.
@@ -247,21 +294,32 @@ impl Store {
 
     /// Reads one monitor.
     pub async fn monitor(&self, id: &str) -> Result<Option<Monitor>> {
-        let key = self.names.monitor(id);
-        let (cfg, st, ver): (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&key)
+        let row: MonitorRow = self.read_monitor(id).query_async(&mut self.conn()).await?;
+        self.monitor_from(id, row)
+    }
+
+    /// The `HMGET` that reads a monitor as a [`MonitorRow`].
+    fn read_monitor(&self, id: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.names.monitor(id))
             .arg("cfg")
             .arg("st")
-            .arg("ver")
-            .query_async(&mut self.conn())
-            .await?;
-        match (cfg, st, ver) {
-            (Some(cfg), Some(st), Some(ver)) => Ok(Some(Monitor {
-                id: id.to_owned(),
-                cfg: parse(&key, &cfg)?,
-                state: parse(&key, &st)?,
-                ver,
-            })),
+            .arg("ver");
+        cmd
+    }
+
+    /// The monitor a [`Store::read_monitor`] answer holds, if it exists.
+    fn monitor_from(&self, id: &str, row: MonitorRow) -> Result<Option<Monitor>> {
+        match row {
+            (Some(cfg), Some(st), Some(ver)) => {
+                let key = self.names.monitor(id);
+                Ok(Some(Monitor {
+                    id: id.to_owned(),
+                    cfg: parse(&key, &cfg)?,
+                    state: parse(&key, &st)?,
+                    ver,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -297,9 +355,16 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a push token.
+    /// Revokes a push token, then bumps the revocation counter so every
+    /// ingest replica drops its cached token lookups.
     pub async fn revoke_token(&self, token_hash: &str) -> Result<()> {
-        let _: () = self.conn().del(self.names.token(token_hash)).await?;
+        let _: () = redis::pipe()
+            .del(self.names.token(token_hash))
+            .ignore()
+            .incr(self.names.token_generation(), 1)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
         Ok(())
     }
 
@@ -335,6 +400,21 @@ impl Store {
         expected_ver: u64,
         c: &Commit<'_>,
     ) -> Result<CommitResult> {
+        let r: i64 = self
+            .commit_invocation(id, expected_ver, c)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(CommitResult::of(r))
+    }
+
+    /// The commit script call of [`Store::commit`], to invoke alone or in a
+    /// pipeline.
+    fn commit_invocation(
+        &self,
+        id: &str,
+        expected_ver: u64,
+        c: &Commit<'_>,
+    ) -> ScriptInvocation<'static> {
         let shard = shard_of(id);
         let mut inv = COMMIT.prepare_invoke();
         inv.key(self.names.monitor(id))
@@ -357,12 +437,7 @@ impl Store {
         for change in c.changes.iter() {
             inv.arg(json(change));
         }
-        let r: i64 = inv.invoke_async(&mut self.conn()).await?;
-        Ok(match r {
-            1 => CommitResult::Committed,
-            0 => CommitResult::Conflict,
-            _ => CommitResult::Missing,
-        })
+        inv
     }
 
     /// Runs one state-machine step on a monitor and writes its outcome,
@@ -393,14 +468,10 @@ impl Store {
             let cfg = new_cfg.as_ref().unwrap_or(&before.cfg);
             // Outages matter only when a deadline is about to fire: read
             // them only then (rare), not on every beat.
-            let firing_at = match input {
-                Input::Beat(b) => Some(b.at),
-                Input::Tick { now } => Some(now),
-                _ => None,
-            };
-            let outages = match (before.state.deadline, firing_at) {
-                (Some(d), Some(t)) if d <= t => self.outages().await?,
-                _ => Vec::new(),
+            let outages = if fires(&before.state, input) {
+                self.outages().await?
+            } else {
+                Vec::new()
             };
             let outcome = step(id, &before.state, &Rules::of(cfg), input, &outages);
             let beat = match (input, outcome.beat) {
@@ -441,6 +512,124 @@ impl Store {
                 CommitResult::Missing => return Ok(None),
             }
         }
+    }
+
+    /// Applies many inputs as if by calling [`Store::apply`] on each in order
+    /// (per-monitor order is kept; a monitor may appear more than once), in a
+    /// few pipelined round trips. Results are in input order; `None` where
+    /// the monitor does not exist.
+    ///
+    /// The inputs go in rounds holding each monitor at most once (its k-th
+    /// input in round k; usually there is one round). A round reads all its
+    /// monitors in one pipelined round trip, steps each, and writes every
+    /// outcome that changes something in a second one. The push-path
+    /// outages are read at most once per call, and only if a step fires a
+    /// deadline. An item whose write meets a version conflict (another
+    /// replica wrote the monitor in between) is applied again alone, with
+    /// [`Store::apply`], before the next round.
+    ///
+    /// A Redis error fails the whole call, possibly after some items were
+    /// written. Calling again with the same inputs is then safe (see
+    /// [`crate::state`]): a beat already applied comes back as a duplicate
+    /// (its `seq` is the monitor's `last_seq`) or as late (older), and a late
+    /// beat is recorded only if the history does not hold its `seq` yet; a
+    /// tick at the same `now` changes nothing, since firing a deadline always
+    /// leaves none at or before `now`. The alert jobs of items written before
+    /// the error are not returned but wait in the outbox, whose sweep
+    /// publishes them.
+    pub async fn apply_batch(&self, inputs: &[(&str, Input<'_>)]) -> Result<Vec<Option<Applied>>> {
+        let mut results: Vec<Option<Applied>> = Vec::with_capacity(inputs.len());
+        results.resize_with(inputs.len(), || None);
+        let mut outages: Option<Vec<Outage>> = None;
+        let mut conn = self.conn();
+        for round in rounds(inputs) {
+            let mut read = redis::pipe();
+            for &i in &round {
+                read.add_command(self.read_monitor(inputs[i].0));
+            }
+            let rows: Vec<MonitorRow> = read.query_async(&mut conn).await?;
+            // (input index, beat to record, outcome to write)
+            let mut pending: Vec<(usize, Option<&BeatRecord>, Applied)> = Vec::new();
+            for (&i, row) in round.iter().zip(rows) {
+                let (id, input) = inputs[i];
+                let Some(before) = self.monitor_from(id, row)? else {
+                    continue;
+                };
+                // As in `apply_with`: outages only for a step that fires.
+                let firing = fires(&before.state, input);
+                if firing && outages.is_none() {
+                    outages = Some(self.outages().await?);
+                }
+                let known = match &outages {
+                    Some(o) if firing => o.as_slice(),
+                    _ => &[],
+                };
+                let outcome = step(id, &before.state, &Rules::of(&before.cfg), input, known);
+                let beat = match (input, outcome.beat) {
+                    (Input::Beat(b), BeatDisposition::Applied) => Some(b),
+                    (Input::Beat(b), BeatDisposition::Late) => {
+                        self.record_late_beat(id, b).await?;
+                        None
+                    }
+                    _ => None,
+                };
+                let cfg = before.cfg.clone();
+                let noop = outcome.state == before.state && beat.is_none();
+                let jobs = if noop {
+                    Vec::new()
+                } else {
+                    outcome.alerts.iter().map(|a| a.to_job(id, &cfg)).collect()
+                };
+                let applied = Applied {
+                    before,
+                    cfg,
+                    outcome,
+                    jobs,
+                };
+                if noop {
+                    results[i] = Some(applied);
+                } else {
+                    pending.push((i, beat, applied));
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            let invocations: Vec<ScriptInvocation<'static>> = pending
+                .iter()
+                .map(|&(i, beat, ref a)| {
+                    let commit = Commit {
+                        state: &a.outcome.state,
+                        cfg: None,
+                        beat,
+                        changes: &a.outcome.changes,
+                        alerts: &a.jobs,
+                    };
+                    self.commit_invocation(inputs[i].0, a.before.ver, &commit)
+                })
+                .collect();
+            // A pipelined script call is not retried after loading the
+            // script on NOSCRIPT (as a lone call is): load it first.
+            let mut write = redis::pipe();
+            write.load_script(&COMMIT).ignore();
+            for inv in &invocations {
+                write.invoke_script(inv);
+            }
+            let answers: Vec<i64> = write.query_async(&mut conn).await?;
+            let mut conflicts = Vec::new();
+            for ((i, _, applied), answer) in pending.into_iter().zip(answers) {
+                match CommitResult::of(answer) {
+                    CommitResult::Committed => results[i] = Some(applied),
+                    CommitResult::Conflict => conflicts.push(i),
+                    CommitResult::Missing => {}
+                }
+            }
+            for i in conflicts {
+                let (id, input) = inputs[i];
+                results[i] = self.apply(id, input).await?;
+            }
+        }
+        Ok(results)
     }
 
     /// Advances the push-path watermark to a pulse sent at `at`; a gap of
@@ -517,18 +706,30 @@ impl Store {
     /// For every shard, up to `limit` monitor ids whose deadline is at or
     /// before `now`, in one pipelined round trip.
     pub async fn due_all(&self, now: i64, limit: usize) -> Result<Vec<String>> {
+        let due = self.due_all_scored(now, limit).await?;
+        Ok(due.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// [`Store::due_all`] with each monitor's indexed deadline (ms); each
+    /// shard's entries come oldest first.
+    pub async fn due_all_scored(&self, now: i64, limit: usize) -> Result<Vec<(String, i64)>> {
         let mut pipe = redis::pipe();
         for shard in 0..crate::names::SHARDS {
             pipe.cmd("ZRANGEBYSCORE")
                 .arg(self.names.deadlines(shard))
                 .arg("-inf")
                 .arg(now)
+                .arg("WITHSCORES")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(limit);
         }
-        let per_shard: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
-        Ok(per_shard.into_iter().flatten().collect())
+        let per_shard: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(per_shard
+            .into_iter()
+            .flatten()
+            .map(|(id, deadline)| (id, deadline as i64))
+            .collect())
     }
 
     /// Drops a deadline entry whose monitor no longer exists.
@@ -705,5 +906,39 @@ impl Store {
         let _: () = conn.hset(&key, channel_id, json(rec)).await?;
         let _: () = conn.expire(&key, RECORD_TTL_SECS).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_hold_each_monitor_once_and_keep_its_order() {
+        let tick = Input::Tick { now: 0 };
+        let ids = ["a", "b", "a", "c", "a", "b"];
+        let inputs: Vec<(&str, Input<'_>)> = ids.iter().map(|&id| (id, tick)).collect();
+        assert_eq!(rounds(&inputs), [vec![0, 1, 3], vec![2, 5], vec![4]]);
+        assert!(rounds(&[]).is_empty());
+    }
+
+    #[test]
+    fn only_a_passed_deadline_needs_the_outages() {
+        let mut s = MonitorState::new(0);
+        let beat = BeatRecord {
+            seq: 1,
+            at: 100,
+            status: crate::model::BeatStatus::Up,
+            msg: None,
+            msg_truncated: false,
+            value: None,
+            late: false,
+        };
+        assert!(!fires(&s, Input::Tick { now: 100 }), "no deadline");
+        s.deadline = Some(100);
+        assert!(fires(&s, Input::Tick { now: 100 }));
+        assert!(fires(&s, Input::Beat(&beat)));
+        assert!(!fires(&s, Input::Tick { now: 99 }));
+        assert!(!fires(&s, Input::Pause { now: 200 }));
     }
 }

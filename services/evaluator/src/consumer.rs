@@ -1,34 +1,57 @@
 //! Applying beat events from JetStream.
 //!
-//! All replicas pull from one durable consumer with explicit acks. Each beat
-//! is routed to a lane by its monitor id, so one monitor's beats are applied
-//! in order by one task, while many monitors proceed in parallel. A beat is
-//! acknowledged only after its outcome (state, deadline, history, alert
-//! jobs) is committed to Redis; a crash before the ack means a redelivery,
-//! which the state machine recognises by its stream sequence (invariants 1,
-//! 3, 5).
+//! All replicas pull from one durable consumer with explicit acks. A
+//! message carries a batch of beats (ingest packs the pushes that arrive
+//! together, see [`BeatBatch`]); each beat is routed to a lane by its
+//! monitor id, so one monitor's beats are applied in order by one task,
+//! while many monitors proceed in parallel. A lane applies what it holds in
+//! one [`Store::apply_batch`] (a few pipelined Redis round trips, however
+//! many beats). A message is acknowledged only after every beat it carries
+//! is committed to Redis (state, deadline, history, alert jobs); a crash
+//! before the ack means a redelivery, whose beats the state machine
+//! recognises by their sequence numbers (invariants 1, 3, 5).
 //!
 //! Ingest's pulses travel in the same stream; each advances the push-path
 //! watermark in Redis (up to which deadlines may fire), and a gap between
 //! two is recorded as an outage of the push path.
+//!
+//! Metrics: `lifeline_evaluator_beats_total{result}`,
+//! `lifeline_evaluator_consumer_pending` (messages in the stream not yet
+//! delivered to an evaluator) and `lifeline_evaluator_consumer_unacked`
+//! (delivered, not yet acknowledged): together the consumer lag.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
-    model::{BeatEvent, BeatRecord, Pulse},
+    model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
     names::Names,
     nats,
     state::Input,
-    store::Store,
+    store::{Applied, Store, StoreError},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Beats held in one lane's queue.
-const LANE_QUEUE: usize = 256;
+const LANE_QUEUE: usize = 1024;
+
+/// Beats a lane applies in one go, at most.
+const LANE_BATCH: usize = 256;
+
+/// Beats one message may carry (their sequence numbers have room for this many).
+const MESSAGE_MAX_BEATS: usize = 1024;
+
+/// How often the consumer lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(2);
 
 /// A gap between pulses longer than this is an outage of the push path
 /// (ingest pulses every 250 ms).
@@ -99,6 +122,9 @@ async fn consume(
         .await
         .context("pulling beats")?;
     tracing::info!(consumer = %names.evaluator_consumer(), "consuming beats");
+    let lag_stop = shutdown.child_token();
+    tokio::spawn(watch_lag(consumer.clone(), lag_stop.clone()));
+    let _stop_lag = lag_stop.drop_guard();
     let pulse_subject = names.pulse_subject();
 
     let mut senders = Vec::with_capacity(lanes);
@@ -137,22 +163,49 @@ async fn consume(
             handle_pulse(store, msg).await;
             continue;
         }
-        let event: BeatEvent = match serde_json::from_slice(&msg.payload) {
-            Ok(event) => event,
+        let Some(beats) = parse_beats(&msg) else {
+            let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        };
+        let stream_seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
             Err(error) => {
-                tracing::error!(subject = %msg.subject, %error, "malformed beat event dropped from the stream");
-                metrics::counter!("lifeline_evaluator_beats_total", "result" => "malformed")
-                    .increment(1);
-                let _ = msg.ack_with(AckKind::Term).await;
+                tracing::error!(%error, "beat message without stream metadata; leaving it for redelivery");
                 continue;
             }
         };
-        let lane = usize::from(lifeline_shared::names::shard_of(&event.monitor_id)) % senders.len();
-        if senders[lane]
-            .send(Work::Beat(Box::new(msg), event))
-            .await
-            .is_err()
-        {
+        if beats.is_empty() {
+            let _ = msg.ack().await;
+            continue;
+        }
+        let group = Arc::new(AckGroup {
+            remaining: AtomicUsize::new(beats.len()),
+            msg,
+        });
+        let mut stopped = false;
+        for (index, event) in beats.into_iter().enumerate() {
+            let lane =
+                usize::from(lifeline_shared::names::shard_of(&event.monitor_id)) % senders.len();
+            let beat = BeatRecord {
+                seq: beat_seq(stream_seq, index),
+                at: event.at,
+                status: event.status,
+                msg: event.msg,
+                msg_truncated: event.msg_truncated,
+                value: event.value,
+                late: false,
+            };
+            let work = Work::Beat {
+                group: group.clone(),
+                monitor_id: event.monitor_id,
+                beat,
+            };
+            if senders[lane].send(work).await.is_err() {
+                stopped = true;
+                break;
+            }
+        }
+        if stopped {
             break Err(anyhow::anyhow!("beat lane stopped"));
         }
     };
@@ -164,10 +217,47 @@ async fn consume(
     result
 }
 
+/// The beats of one message: acknowledged once the last is applied.
+struct AckGroup {
+    msg: jetstream::Message,
+    remaining: AtomicUsize,
+}
+
+impl AckGroup {
+    /// One of the message's beats is committed.
+    async fn applied(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Err(error) = self.msg.ack().await
+        {
+            tracing::warn!(%error, "beats applied but not acknowledged; their redelivery will be ignored");
+        }
+    }
+}
+
+/// The beats a message carries: a batch, or a single beat event (ingest
+/// before batching). `None` (and logged) when it is neither.
+fn parse_beats(msg: &jetstream::Message) -> Option<Vec<BeatEvent>> {
+    let parsed = serde_json::from_slice::<BeatBatch>(&msg.payload)
+        .map(|b| b.beats)
+        .or_else(|_| serde_json::from_slice::<BeatEvent>(&msg.payload).map(|e| vec![e]));
+    let problem = match parsed {
+        Ok(beats) if beats.len() <= MESSAGE_MAX_BEATS => return Some(beats),
+        Ok(beats) => format!("{} beats in one message", beats.len()),
+        Err(error) => error.to_string(),
+    };
+    tracing::error!(subject = %msg.subject, error = %problem, "malformed beat message dropped from the stream");
+    metrics::counter!("lifeline_evaluator_beats_total", "result" => "malformed").increment(1);
+    None
+}
+
 /// What a lane is given.
 enum Work {
-    /// A beat to apply (and acknowledge).
-    Beat(Box<jetstream::Message>, BeatEvent),
+    /// A beat to apply.
+    Beat {
+        group: Arc<AckGroup>,
+        monitor_id: String,
+        beat: BeatRecord,
+    },
     /// Answer once everything queued before it is applied.
     Barrier(oneshot::Sender<()>),
 }
@@ -229,64 +319,136 @@ async fn handle_pulse(store: &Store, msg: jetstream::Message) {
     }
 }
 
-/// Applies the beats of its monitors in order; acknowledges each once committed.
+/// Applies the beats of its monitors in order, in batches of what it
+/// holds; each message is acknowledged once all its beats are committed.
 async fn lane(
     mut rx: mpsc::Receiver<Work>,
     store: Store,
     jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
-    while let Some(work) = rx.recv().await {
-        let (msg, event) = match work {
-            Work::Beat(msg, event) => (msg, event),
-            Work::Barrier(done) => {
-                let _ = done.send(());
-                continue;
+    let mut held: Vec<(Arc<AckGroup>, String, BeatRecord)> = Vec::with_capacity(LANE_BATCH);
+    while let Some(mut work) = rx.recv().await {
+        let barrier = loop {
+            match work {
+                Work::Barrier(done) => break Some(done),
+                Work::Beat {
+                    group,
+                    monitor_id,
+                    beat,
+                } => held.push((group, monitor_id, beat)),
+            }
+            if held.len() >= LANE_BATCH {
+                break None;
+            }
+            match rx.try_recv() {
+                Ok(next) => work = next,
+                Err(_) => break None,
             }
         };
-        let seq = match msg.info() {
-            Ok(info) => info.stream_sequence,
-            Err(error) => {
-                tracing::error!(%error, "beat without stream metadata; leaving it for redelivery");
-                continue;
+        if !held.is_empty() {
+            // Shut down before the beats could be applied: leave them
+            // unacknowledged so they are redelivered.
+            if !apply(&store, &held, &jobs, &shutdown).await {
+                return;
             }
-        };
-        let beat = BeatRecord {
-            seq,
-            at: event.at,
-            status: event.status,
-            msg: event.msg,
-            msg_truncated: event.msg_truncated,
-            value: event.value,
-            late: false,
-        };
-        let mut delay = Duration::from_millis(100);
-        let applied = loop {
-            match store.apply(&event.monitor_id, Input::Beat(&beat)).await {
-                Ok(applied) => break Some(applied),
-                Err(error) => {
-                    tracing::warn!(monitor.id = %event.monitor_id, %error, "beat not applied; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+            for (group, _, _) in held.drain(..) {
+                group.applied().await;
             }
-        };
-        // Shut down before the beat could be applied: leave it unacknowledged
-        // so it is redelivered.
-        let Some(applied) = applied else { continue };
-        let result = match &applied {
-            Some(a) => format!("{:?}", a.outcome.beat).to_lowercase(),
-            None => "unknown_monitor".to_owned(),
-        };
-        metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
-        for job in applied.into_iter().flat_map(|a| a.jobs) {
-            jobs.hand_over(job);
         }
-        if let Err(error) = msg.ack().await {
-            tracing::warn!(%error, "beat applied but not acknowledged; its redelivery will be ignored");
+        if let Some(done) = barrier {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Applies `held` until it succeeds (true) or `shutdown` (false).
+async fn apply(
+    store: &Store,
+    held: &[(Arc<AckGroup>, String, BeatRecord)],
+    jobs: &crate::outbox::Relay,
+    shutdown: &CancellationToken,
+) -> bool {
+    let inputs: Vec<(&str, Input<'_>)> = held
+        .iter()
+        .map(|(_, id, beat)| (id.as_str(), Input::Beat(beat)))
+        .collect();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let error = match store.apply_batch(&inputs).await {
+            Ok(results) => {
+                for applied in results {
+                    record(applied, jobs);
+                }
+                return true;
+            }
+            // One unreadable monitor record must not hold up every beat of
+            // the lane: apply one by one, and give up on that monitor's beat
+            // only (it cannot be applied to a record that does not parse).
+            Err(StoreError::Corrupt { .. }) => match apply_one_by_one(store, &inputs, jobs).await {
+                Ok(()) => return true,
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        tracing::warn!(beats = inputs.len(), %error, "beats not applied; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// [`Store::apply`] on each input in turn; a beat of a monitor whose record
+/// does not parse is logged and counted (`result="corrupt_monitor"`), then
+/// left; any other error stops.
+async fn apply_one_by_one(
+    store: &Store,
+    inputs: &[(&str, Input<'_>)],
+    jobs: &crate::outbox::Relay,
+) -> Result<(), StoreError> {
+    for (id, input) in inputs {
+        match store.apply(id, *input).await {
+            Ok(applied) => record(applied, jobs),
+            Err(error @ StoreError::Corrupt { .. }) => {
+                tracing::error!(monitor.id = %id, %error, "beat not applied: the monitor's record does not parse");
+                metrics::counter!("lifeline_evaluator_beats_total", "result" => "corrupt_monitor")
+                    .increment(1);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Counts what applying one beat did and hands its alert jobs to the relay.
+fn record(applied: Option<Applied>, jobs: &crate::outbox::Relay) {
+    let result = match &applied {
+        Some(a) => format!("{:?}", a.outcome.beat).to_lowercase(),
+        None => "unknown_monitor".to_owned(),
+    };
+    metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
+    for job in applied.into_iter().flat_map(|a| a.jobs) {
+        jobs.hand_over(job);
+    }
+}
+
+/// Publishes the consumer lag as gauges every [`LAG_EVERY`].
+async fn watch_lag(mut consumer: jetstream::consumer::PullConsumer, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(LAG_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match consumer.info().await {
+            Ok(info) => {
+                metrics::gauge!("lifeline_evaluator_consumer_pending").set(info.num_pending as f64);
+                metrics::gauge!("lifeline_evaluator_consumer_unacked")
+                    .set(info.num_ack_pending as f64);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the consumer lag"),
         }
     }
 }

@@ -11,8 +11,10 @@ use crate::limit::RateLimit;
 pub struct Config {
     /// Broker URLs and prefix.
     pub common: Common,
-    /// `LIFELINE_TOKEN_CACHE_MS`, default 500: how long a token lookup is
-    /// reused. A revoked or rotated token stops working within this time.
+    /// `LIFELINE_TOKEN_CACHE_MS`, default 500: how long a lookup of an
+    /// unknown token is reused, and a known token's while revocations cannot
+    /// be watched (Redis unreachable); while they can, a known token's lookup
+    /// is kept until any token is revoked (see the `tokens` module).
     pub token_cache_ttl: Duration,
     /// `LIFELINE_PUSH_RATE` (default `10/s`: `<n>/s`, `<n>/m`, `<n>/h` or
     /// `off`) and `LIFELINE_PUSH_BURST` (default 20): how often one push

@@ -12,6 +12,7 @@
 mod config;
 mod error;
 mod limit;
+mod publish;
 mod pulse;
 mod push;
 mod tokens;
@@ -37,7 +38,7 @@ struct Inner {
     config: Config,
     store: Store,
     nats: async_nats::Client,
-    js: async_nats::jetstream::Context,
+    batcher: publish::Batcher,
     tokens: tokens::TokenCache,
     pulser: pulse::Pulser,
     limiter: Option<limit::Limiter>,
@@ -74,6 +75,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         }
     });
+    let batcher = publish::Batcher::start(js, config.common.names.beat_batches_subject());
     let tokens = tokens::TokenCache::new(config.token_cache_ttl);
     let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
     let limiter = config
@@ -84,12 +86,25 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             config,
             store,
             nats: client,
-            js,
+            batcher,
             tokens,
             pulser,
             limiter,
         }),
     };
+    let watching = state.clone();
+    let (conn, names) = (
+        state.inner.store.conn(),
+        state.inner.config.common.names.clone(),
+    );
+    let watch_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        watching
+            .inner
+            .tokens
+            .watch(conn, names, watch_shutdown)
+            .await
+    });
     let pulsing = state.clone();
     tokio::spawn(async move { pulsing.inner.pulser.run(shutdown).await });
     Ok(router(state))

@@ -272,6 +272,19 @@ struct Entry {
 }
 
 impl Entry {
+    /// Uses one leased token, if a fresh one is left.
+    fn take_leased(&mut self, now: Instant) -> bool {
+        let fresh = self
+            .leased_at
+            .is_some_and(|at| now.duration_since(at) < LEASE_TTL);
+        if self.leased > 0 && fresh {
+            self.leased -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     fn new(now: Instant) -> Self {
         Self {
             leased: 0,
@@ -352,6 +365,9 @@ impl Limiter {
         match grant {
             // Redis unreachable: this replica's own bucket decides.
             None => entry.fallback.admit(&self.limit, ms),
+            // Empty, but a concurrent push of this monitor leased tokens
+            // meanwhile: use one of those.
+            Some(g) if g.granted == 0 && entry.take_leased(now) => Ok(()),
             Some(g) if g.granted == 0 => {
                 let refused = g.refused(&self.limit);
                 entry.blocked_until = Some(now + refused.wait);
@@ -419,6 +435,12 @@ impl Limiter {
 
 /// The in-memory decision for one push (pure, apart from updating `entry`).
 fn decide(entry: &mut Entry, limit: &RateLimit, now: Instant) -> Local {
+    // Tokens already leased come first: concurrent pushes of one monitor
+    // may have leased the bucket empty between them, and one of them
+    // finding it empty must not strand the tokens the others hold.
+    if entry.take_leased(now) {
+        return Local::Admit;
+    }
     if let Some(until) = entry.blocked_until {
         if now < until {
             return Local::Refuse(Refused { wait: until - now });
@@ -426,10 +448,6 @@ fn decide(entry: &mut Entry, limit: &RateLimit, now: Instant) -> Local {
         entry.blocked_until = None;
     }
     let lease_age = entry.leased_at.map(|at| now.duration_since(at));
-    if entry.leased > 0 && lease_age.is_some_and(|age| age < LEASE_TTL) {
-        entry.leased -= 1;
-        return Local::Admit;
-    }
     // The last lease is used up (or stale): size the next one by how fast
     // the last one went.
     entry.lease_size = if entry.leased == 0 && lease_age.is_some_and(|age| age < LEASE_SPAN) {
@@ -608,6 +626,26 @@ mod tests {
             Local::Ask(1)
         );
         assert_eq!(e.blocked_until, None);
+    }
+
+    #[test]
+    fn leased_tokens_are_used_before_a_refusal() {
+        let t0 = Instant::now();
+        let mut e = Entry::new(t0);
+        // A concurrent push found the bucket empty after another leased 3.
+        e.blocked_until = Some(t0 + Duration::from_millis(1500));
+        e.leased = 3;
+        e.leased_at = Some(t0);
+        for _ in 0..3 {
+            assert_eq!(
+                decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(10)),
+                Local::Admit
+            );
+        }
+        assert!(matches!(
+            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(10)),
+            Local::Refuse(_)
+        ));
     }
 
     /// A limiter on `redis_url` under a fresh prefix.

@@ -11,8 +11,6 @@
 //! is refused (405): a link checker or uptime probe sending it must not
 //! count as a beat.
 
-use std::time::{Duration, Instant};
-
 use axum::{
     Json,
     body::Bytes,
@@ -25,7 +23,6 @@ use axum::{
 };
 use lifeline_shared::{
     model::{BeatEvent, BeatStatus, MSG_MAX_BYTES, WIRE_VERSION},
-    names::shard_of,
     time::now_ms,
     token,
 };
@@ -34,10 +31,8 @@ use serde_json::{Value, json};
 use crate::{
     AppState,
     error::{self, PushError},
+    publish,
 };
-
-/// Longest time a publish may wait for JetStream's acknowledgement.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Largest push body read (larger: 413).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -239,6 +234,7 @@ async fn resolve(state: &AppState, push_token: &str) -> Result<String, PushError
     let id = match inner.tokens.get(push_token) {
         Some(cached) => cached,
         None => {
+            let seen = inner.tokens.generation();
             let found = inner
                 .store
                 .monitor_for_token(&token::hash(push_token))
@@ -247,7 +243,7 @@ async fn resolve(state: &AppState, push_token: &str) -> Result<String, PushError
                     tracing::warn!(%error, "token lookup failed: answering 503");
                     PushError::Unavailable
                 })?;
-            inner.tokens.put(push_token, found.clone());
+            inner.tokens.put(push_token, found.clone(), seen);
             found
         }
     };
@@ -281,31 +277,12 @@ async fn publish(state: &AppState, event: &BeatEvent) -> Result<(), PushError> {
             retry_after: refused.retry_after_secs(),
         });
     }
-    let subject = inner
-        .config
-        .common
-        .names
-        .beats_subject(shard_of(&event.monitor_id));
     let payload = serde_json::to_vec(event).expect("beat events serialize");
-    let started = Instant::now();
-    let acked = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-        inner
-            .js
-            .publish(subject, payload.into())
-            .await?
-            .await
-            .map_err(async_nats::Error::from)
-    })
-    .await;
-    metrics::histogram!("lifeline_ingest_publish_seconds").record(started.elapsed().as_secs_f64());
-    match acked {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => {
-            tracing::warn!(monitor.id = %event.monitor_id, %error, "beat not acknowledged by JetStream: answering 503");
-            Err(PushError::Unavailable)
-        }
-        Err(_) => {
-            tracing::warn!(monitor.id = %event.monitor_id, "JetStream acknowledgement timed out: answering 503");
+    match inner.batcher.publish(payload).await {
+        Ok(()) => Ok(()),
+        Err(publish::NotPublished::Unacknowledged) => Err(PushError::Unavailable),
+        Err(publish::NotPublished::Closed) => {
+            tracing::warn!(monitor.id = %event.monitor_id, "publisher stopped (shutting down): answering 503");
             Err(PushError::Unavailable)
         }
     }

@@ -1031,7 +1031,7 @@ impl World {
 
 // ------------------------------------------------------------------- test
 
-/// Counts beat events (not pulses) published on the beats subjects of
+/// Counts beats (not pulses) published on the beats subjects of
 /// `prefix`, from now on.
 pub(crate) async fn watch_beats(prefix: &str) -> Arc<AtomicUsize> {
     let client = async_nats::connect("127.0.0.1:4222").await.expect("nats");
@@ -1048,7 +1048,12 @@ pub(crate) async fn watch_beats(prefix: &str) -> Arc<AtomicUsize> {
         let _client = client;
         while let Some(msg) = sub.next().await {
             if msg.subject.as_str() != pulse {
-                c.fetch_add(1, Ordering::SeqCst);
+                // Ingest packs the pushes that arrive together into one message.
+                let beats =
+                    serde_json::from_slice::<lifeline_shared::model::BeatBatch>(&msg.payload)
+                        .map(|b| b.beats.len())
+                        .unwrap_or(1);
+                c.fetch_add(beats, Ordering::SeqCst);
             }
         }
     });

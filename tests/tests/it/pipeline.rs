@@ -687,3 +687,56 @@ async fn reminders_repeat_while_down_and_confirm_waits_for_missed_deadlines() {
     // The confirmed monitor has no reminders: its one down alert only.
     assert_eq!(of(cid, "monitor.down").len(), 1, "{:?}", hook.received());
 }
+
+/// Ingest packs pushes that arrive together into one JetStream message and
+/// the evaluator applies each lane's beats in one go: every push answered
+/// 200 must still be recorded exactly once, for its own monitor, with its
+/// own message, and a monitor whose pushes share a message must not see
+/// any of them treated as late or duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_are_each_applied_once_to_their_monitor() {
+    const MONITORS: usize = 4;
+    const PUSHES: usize = 15; // within the default burst of 20 per token
+    let stack = Stack::start("batch").await;
+    let mut monitors = Vec::new();
+    for i in 0..MONITORS {
+        let m = stack.monitor(&format!("worker-{i}"), 3600, &[]).await;
+        monitors.push((
+            m["id"].as_str().unwrap().to_owned(),
+            m["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let pushes = monitors.iter().enumerate().flat_map(|(i, (_, token))| {
+        (0..PUSHES).map(move |j| (token.clone(), format!("msg=m{i}-b{j}&value={j}")))
+    });
+    let stack = &stack;
+    let answers = futures::future::join_all(
+        pushes.map(|(token, query)| async move { stack.push(&token, &query).await.0 }),
+    )
+    .await;
+    assert!(answers.iter().all(|s| *s == 200), "answers: {answers:?}");
+
+    for (i, (id, _)) in monitors.iter().enumerate() {
+        let beats = wait_for(Duration::from_secs(5), "every beat recorded", || async {
+            let v = stack
+                .get_json(&format!("/api/v1/monitors/{id}/beats?limit=100"))
+                .await;
+            let beats = v["beats"].as_array().unwrap().clone();
+            (beats.len() >= PUSHES).then_some(beats)
+        })
+        .await;
+        let mut msgs: Vec<String> = beats
+            .iter()
+            .map(|b| b["msg"].as_str().unwrap().to_owned())
+            .collect();
+        msgs.sort();
+        let mut sent: Vec<String> = (0..PUSHES).map(|j| format!("m{i}-b{j}")).collect();
+        sent.sort();
+        assert_eq!(msgs, sent, "monitor {i}: each beat once, its own");
+        assert!(
+            beats.iter().all(|b| b["late"] == json!(false)),
+            "monitor {i}: no beat taken for late: {beats:?}"
+        );
+        assert_eq!(monitor_status(stack, id).await, "up");
+    }
+}

@@ -1,0 +1,353 @@
+//! `Store::apply_batch` against the local Redis: it must leave every
+//! monitor exactly as applying its inputs one by one would, raise each
+//! alert once however often or concurrently a batch runs, and read the
+//! push-path outages when a deadline fires. Each test uses its own key
+//! prefix, removed when the test ends (even when it fails).
+
+use std::collections::{BTreeSet, HashMap};
+
+use lifeline_shared::{
+    model::{
+        AlertEvent, AlertJob, BeatRecord, BeatStatus, MonitorConfig, MonitorState, Reason, Status,
+    },
+    names::{Names, shard_of},
+    state::Input,
+    store::{Caps, Store},
+    time::now_ms,
+    token,
+};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A store under a fresh prefix whose keys are deleted on drop.
+struct TestStore {
+    store: Store,
+    names: Names,
+}
+
+impl TestStore {
+    fn new(tag: &str) -> Self {
+        let names = Names::new(&format!("{tag}-{}", token::new_id())).expect("valid prefix");
+        let store = Store::open(REDIS_URL, names.clone(), Caps::default()).expect("redis url");
+        Self { store, names }
+    }
+
+    /// Creates monitor `id` (new, no deadline) with a `timeout` in seconds.
+    async fn monitor(&self, id: &str, timeout: u32, created_at: i64) {
+        let cfg = MonitorConfig {
+            name: id.to_owned(),
+            timeout,
+            interval: timeout,
+            channels: vec!["ch".to_owned()],
+            created_at,
+            token_hash: token::hash(&format!("token of {id}")),
+            token_hint: "tok".to_owned(),
+            remind_every: None,
+            confirm: 1,
+        };
+        self.store
+            .create_monitor(id, &cfg, &MonitorState::new(created_at))
+            .await
+            .expect("create monitor");
+    }
+
+    async fn state(&self, id: &str) -> MonitorState {
+        self.store
+            .monitor(id)
+            .await
+            .expect("read monitor")
+            .expect("monitor exists")
+            .state
+    }
+
+    /// The monitor's score in its shard's deadline index.
+    async fn indexed_deadline(&self, id: &str) -> Option<i64> {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.names.deadlines(shard_of(id)))
+            .arg(id)
+            .query_async(&mut self.store.conn())
+            .await
+            .expect("zscore");
+        score.map(|s| s as i64)
+    }
+
+    async fn outbox(&self) -> Vec<AlertJob> {
+        let mut jobs = self.store.outbox_all().await.expect("outbox");
+        jobs.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        jobs
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        // Drop cannot await: delete on a thread with its own runtime.
+        let pattern = self.names.redis_pattern();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let client = redis::Client::open(REDIS_URL).expect("redis url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis for cleanup");
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("scan");
+                    if !keys.is_empty() {
+                        let _: () = redis::cmd("DEL")
+                            .arg(&keys)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("del");
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn beat(seq: u64, at: i64, status: BeatStatus) -> BeatRecord {
+    BeatRecord {
+        seq,
+        at,
+        status,
+        msg: Some(format!("beat {seq}")),
+        msg_truncated: false,
+        value: None,
+        late: false,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_leaves_monitors_as_sequential_applies_do() {
+    let (one_by_one, batched) = (TestStore::new("batch-seq"), TestStore::new("batch-bat"));
+    let t = now_ms();
+    for s in [&one_by_one, &batched] {
+        s.monitor("a", 60, t).await;
+        s.monitor("b", 60, t).await;
+    }
+    let beats = [
+        ("a", beat(1, t + 1, BeatStatus::Up)),
+        ("b", beat(2, t + 2, BeatStatus::Up)),
+        ("a", beat(4, t + 4, BeatStatus::Down)),
+        ("a", beat(3, t + 3, BeatStatus::Up)), // late: recorded, no effect
+        ("a", beat(5, t + 5, BeatStatus::Up)),
+        ("a", beat(5, t + 5, BeatStatus::Up)), // a redelivery: ignored
+    ];
+    let inputs: Vec<(&str, Input<'_>)> =
+        beats.iter().map(|(id, b)| (*id, Input::Beat(b))).collect();
+
+    let mut expected = Vec::new();
+    for &(id, input) in &inputs {
+        expected.push(one_by_one.store.apply(id, input).await.unwrap());
+    }
+    let got = batched.store.apply_batch(&inputs).await.unwrap();
+
+    assert_eq!(got.len(), inputs.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        let (g, e) = (g.as_ref().unwrap(), e.as_ref().unwrap());
+        assert_eq!(g.before, e.before, "input {i}");
+        assert_eq!(g.outcome, e.outcome, "input {i}");
+        assert_eq!(g.jobs, e.jobs, "input {i}");
+    }
+    for id in ["a", "b"] {
+        let state = batched.state(id).await;
+        assert_eq!(state, one_by_one.state(id).await, "{id}");
+        assert_eq!(
+            batched.store.beats(id, 100).await.unwrap(),
+            one_by_one.store.beats(id, 100).await.unwrap(),
+            "{id}"
+        );
+        assert_eq!(
+            batched.store.events(id, 100).await.unwrap(),
+            one_by_one.store.events(id, 100).await.unwrap(),
+            "{id}"
+        );
+        assert_eq!(batched.indexed_deadline(id).await, state.deadline, "{id}");
+    }
+    assert_eq!(batched.outbox().await, one_by_one.outbox().await);
+
+    // And what that is: a's beats in stream order, the late one kept apart.
+    let a = batched.state("a").await;
+    assert_eq!((a.status, a.last_seq), (Status::Up, 5));
+    assert_eq!(a.deadline, Some(t + 5 + 60_000));
+    let history = batched.store.beats("a", 100).await.unwrap();
+    let seqs: Vec<(u64, bool)> = history.iter().map(|b| (b.seq, b.late)).collect();
+    assert_eq!(seqs, [(5, false), (4, false), (1, false), (3, true)]);
+    let events: Vec<Reason> = batched
+        .store
+        .events("a", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.reason)
+        .collect();
+    assert_eq!(
+        events,
+        [Reason::Recovered, Reason::Reported, Reason::FirstBeat]
+    );
+    let alerts: Vec<(String, AlertEvent)> = batched
+        .outbox()
+        .await
+        .into_iter()
+        .map(|j| (j.alert_id, j.event))
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            ("a.2".into(), AlertEvent::Down),
+            ("a.3".into(), AlertEvent::Up)
+        ]
+    );
+    assert_eq!(batched.state("b").await.last_seq, 2);
+    assert_eq!(batched.indexed_deadline("b").await, Some(t + 2 + 60_000));
+}
+
+/// `n` monitors `m0..` that beat once at `at` with a 60 s timeout.
+async fn beaten_monitors(s: &TestStore, n: usize, at: i64) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        s.monitor(id, 60, at).await;
+        let b = beat(i as u64 + 1, at, BeatStatus::Up);
+        s.store.apply(id, Input::Beat(&b)).await.unwrap().unwrap();
+    }
+    ids
+}
+
+/// A tick at `now` for each of `ids`.
+fn ticks(ids: &[String], now: i64) -> Vec<(&str, Input<'static>)> {
+    ids.iter()
+        .map(|id| (id.as_str(), Input::Tick { now }))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batched_tick_raises_one_alert_per_passed_deadline_once() {
+    let s = TestStore::new("batch-tick");
+    let now = now_ms();
+    let ids = beaten_monitors(&s, 50, now - 120_000).await;
+    s.monitor("quiet", 60, now).await; // never beaten: nothing to fire
+    assert!(s.outbox().await.is_empty(), "a first beat alerts nobody");
+    let due = s.store.due_all_scored(now, 1000).await.unwrap();
+    assert_eq!(due.len(), 50);
+    assert!(due.iter().all(|&(_, d)| d == now - 60_000), "{due:?}");
+
+    let mut inputs = ticks(&ids, now);
+    inputs.push(("quiet", Input::Tick { now }));
+    inputs.push(("gone", Input::Tick { now }));
+    let first = s.store.apply_batch(&inputs).await.unwrap();
+    assert_eq!(first.len(), 52);
+    for (id, applied) in ids.iter().zip(&first) {
+        let applied = applied.as_ref().expect("monitor exists");
+        assert_eq!(applied.jobs.len(), 1, "{id}");
+        let job = &applied.jobs[0];
+        assert_eq!((job.event, job.reason), (AlertEvent::Down, Reason::Timeout));
+        assert_eq!(
+            (job.monitor.id.as_str(), job.at),
+            (id.as_str(), now - 60_000)
+        );
+    }
+    let quiet = first[50].as_ref().expect("quiet exists");
+    assert!(quiet.jobs.is_empty() && quiet.outcome.changes.is_empty());
+    assert!(first[51].is_none(), "no such monitor");
+
+    let outbox = s.outbox().await;
+    assert_eq!(outbox.len(), 50);
+    let alerted: BTreeSet<&str> = outbox.iter().map(|j| j.monitor.id.as_str()).collect();
+    assert_eq!(alerted.len(), 50, "one alert per monitor");
+    assert!(s.store.due_all(now, 1000).await.unwrap().is_empty());
+    assert_eq!(s.state("m7").await.status, Status::Down);
+
+    // The same batch again (a retry): nothing new.
+    let again = s.store.apply_batch(&inputs).await.unwrap();
+    assert!(
+        again[..50]
+            .iter()
+            .all(|a| a.as_ref().unwrap().jobs.is_empty())
+    );
+    assert_eq!(s.outbox().await, outbox);
+    for id in &ids {
+        assert_eq!(s.store.events(id, 100).await.unwrap().len(), 2, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn racing_batches_raise_each_alert_once() {
+    // Replicas ticking the same monitors at once: their writes conflict,
+    // and the losers re-apply alone and find nothing left to fire.
+    let s = TestStore::new("batch-race");
+    let now = now_ms();
+    let ids = beaten_monitors(&s, 50, now - 120_000).await;
+    let inputs = ticks(&ids, now);
+    let runs = futures::future::join_all((0..8).map(|_| s.store.apply_batch(&inputs))).await;
+    let mut raised: HashMap<String, usize> = HashMap::new();
+    for run in runs {
+        for applied in run.unwrap() {
+            for job in applied.expect("monitor exists").jobs {
+                *raised.entry(job.alert_id).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(raised.len(), 50, "{raised:?}");
+    assert!(raised.values().all(|&n| n == 1), "{raised:?}");
+    assert_eq!(s.outbox().await.len(), 50);
+    for id in &ids {
+        assert_eq!(s.store.monitor(id).await.unwrap().unwrap().ver, 2, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_batched_tick_extends_deadlines_inside_an_outage() {
+    let s = TestStore::new("batch-outage");
+    let now = now_ms();
+    let ids = beaten_monitors(&s, 2, now - 120_000).await;
+    let deadline = now - 60_000;
+    // The push path was down from 1 s before the deadline to 5 s after.
+    assert!(
+        s.store
+            .pulse(deadline - 1_000, 2_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let outage = s.store.pulse(deadline + 5_000, 2_000).await.unwrap();
+    assert!(outage.is_some());
+
+    let held = s
+        .store
+        .apply_batch(&ticks(&ids, deadline + 5_000))
+        .await
+        .unwrap();
+    for (id, applied) in ids.iter().zip(held) {
+        let applied = applied.unwrap();
+        assert!(applied.jobs.is_empty(), "{id}: extended past the tick");
+        assert_eq!(applied.outcome.state.deadline, Some(deadline + 6_000));
+        assert_eq!(s.indexed_deadline(id).await, Some(deadline + 6_000));
+    }
+    let fired = s
+        .store
+        .apply_batch(&ticks(&ids, deadline + 6_000))
+        .await
+        .unwrap();
+    for applied in fired {
+        let jobs = applied.unwrap().jobs;
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].at, deadline + 6_000);
+    }
+}
