@@ -20,7 +20,7 @@ pub struct Config {
     /// (default 1000): history kept per monitor.
     pub caps: Caps,
     /// Beats are applied by this many parallel lanes; one monitor always
-    /// maps to the same lane, so its beats apply in order. Default 64.
+    /// maps to the same lane, so its beats apply in order. Default 16.
     pub lanes: usize,
     /// How often the outbox is swept for alert jobs whose publication was
     /// interrupted (a crash, RabbitMQ down). Default 5 s.
@@ -44,7 +44,7 @@ impl Config {
                 beats: config::parse("LIFELINE_HISTORY_BEATS", 100)?,
                 events: config::parse("LIFELINE_HISTORY_EVENTS", 1000)?,
             },
-            lanes: 64,
+            lanes: 16,
             sweep_every: Duration::from_secs(5),
         })
     }
@@ -55,7 +55,7 @@ impl Config {
             common: Common::local(prefix),
             tick: Duration::from_millis(200),
             caps: Caps::default(),
-            lanes: 64,
+            lanes: 16,
             sweep_every: Duration::from_secs(5),
         }
     }

@@ -4,6 +4,12 @@ use anyhow::Context as _;
 use lifeline_evaluator::{Config, run};
 use lifeline_shared::{config, http::shutdown_on_signal, telemetry};
 
+/// glibc's allocator took 13 % of ingest's and 22 % of the evaluator's CPU
+/// under push load (perf); mimalloc serves these small, short-lived
+/// allocations far more cheaply.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();

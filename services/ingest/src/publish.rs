@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// JetStream publishes awaiting their acknowledgement at once. Few, so that
 /// pushes arriving meanwhile share the next message.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// Pushes waiting to be packed, at most; more wait for room (backpressure
 /// on the handlers).
