@@ -13,7 +13,10 @@
 //! then the script). [`Store::apply_batch`], for the hot paths, runs many
 //! steps in a few: one pipelined read and one pipelined batch of scripts
 //! per round, each round holding a monitor at most once.
-//! Key layout: [`crate::names`].
+//! Key layout: [`crate::names`]; the fields of a monitor's hash: the
+//! `codec` submodule.
+
+mod codec;
 
 use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
@@ -26,6 +29,7 @@ use crate::{
     names::{Names, shard_of},
     state::{BeatDisposition, Input, Outcome, Rules, step},
 };
+use codec::{Field, Writes};
 
 /// A Redis failure, or a record that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,16 @@ pub enum StoreError {
         key: String,
         /// The parse error.
         error: serde_json::Error,
+    },
+    /// A field of a monitor's hash is missing or does not parse.
+    #[error("corrupt record at {key}, field `{field}`: {problem}")]
+    CorruptField {
+        /// The key read.
+        key: String,
+        /// The hash field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
     },
 }
 
@@ -68,8 +82,9 @@ impl CommitResult {
     }
 }
 
-/// A monitor's `cfg`, `st` and `ver` fields as `HMGET` answers them.
-type MonitorRow = (Option<String>, Option<String>, Option<u64>);
+/// The values of a monitor's hash fields ([`Field::ALL`]) as `HMGET`
+/// answers them.
+type MonitorRow = Vec<Option<String>>;
 
 /// Whether `input` fires `state`'s deadline, the only case in which a step
 /// needs the push-path outages.
@@ -145,27 +160,30 @@ impl Default for Caps {
 }
 
 // KEYS: monitor, deadlines, outbox, beats, events.
-// ARGV: expected ver, state JSON, deadline ('' = none), monitor id,
-//       cfg JSON ('' = unchanged), beat JSON ('' = none), beats cap,
-//       events cap, alert count n, then n (alert id, job JSON) pairs,
-//       then the state-change JSONs.
+// ARGV: version field, expected ver, deadline ('' = none), monitor id,
+//       beat JSON ('' = none), beats cap, events cap, counts s, u and n,
+//       then s (field, value) pairs to set in the monitor hash (the state,
+//       and the settings when they change), u fields to remove from it,
+//       n (alert id, job JSON) pairs, then the state-change JSONs.
 const COMMIT_LUA: &str = r#"
-local ver = redis.call('HGET', KEYS[1], 'ver')
+local ver = redis.call('HGET', KEYS[1], ARGV[1])
 if not ver then return -1 end
-if tonumber(ver) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ver', tonumber(ver) + 1)
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cfg', ARGV[5]) end
+if tonumber(ver) ~= tonumber(ARGV[2]) then return 0 end
+local s, u, n = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local i = 11
+redis.call('HSET', KEYS[1], ARGV[1], tonumber(ver) + 1, unpack(ARGV, i, i + 2 * s - 1))
+i = i + 2 * s
+if u > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, i, i + u - 1)) end
+i = i + u
 if ARGV[3] == '' then
   redis.call('ZREM', KEYS[2], ARGV[4])
 else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 end
-if ARGV[6] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[6])
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
+if ARGV[5] ~= '' then
+  redis.call('LPUSH', KEYS[4], ARGV[5])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
 end
-local n = tonumber(ARGV[9])
-local i = 10
 for _ = 1, n do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -176,7 +194,7 @@ while i <= #ARGV do
   changed = true
   i = i + 1
 end
-if changed then redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[8]) - 1) end
+if changed then redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1) end
 return 1
 "#;
 
@@ -301,27 +319,20 @@ impl Store {
     /// The `HMGET` that reads a monitor as a [`MonitorRow`].
     fn read_monitor(&self, id: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.names.monitor(id))
-            .arg("cfg")
-            .arg("st")
-            .arg("ver");
+        cmd.arg(self.names.monitor(id));
+        for field in Field::ALL {
+            cmd.arg(field.key());
+        }
         cmd
     }
 
     /// The monitor a [`Store::read_monitor`] answer holds, if it exists.
     fn monitor_from(&self, id: &str, row: MonitorRow) -> Result<Option<Monitor>> {
-        match row {
-            (Some(cfg), Some(st), Some(ver)) => {
-                let key = self.names.monitor(id);
-                Ok(Some(Monitor {
-                    id: id.to_owned(),
-                    cfg: parse(&key, &cfg)?,
-                    state: parse(&key, &st)?,
-                    ver,
-                }))
-            }
-            _ => Ok(None),
-        }
+        codec::decode(id, row).map_err(|e| StoreError::CorruptField {
+            key: self.names.monitor(id),
+            field: e.field.key(),
+            problem: e.to_string(),
+        })
     }
 
     /// Creates a monitor and its push token.
@@ -332,16 +343,25 @@ impl Store {
         state: &MonitorState,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let _: () = redis::cmd("HSET")
-            .arg(self.names.monitor(id))
-            .arg("cfg")
-            .arg(json(cfg))
-            .arg("st")
-            .arg(json(state))
-            .arg("ver")
-            .arg(0)
-            .query_async(&mut conn)
-            .await?;
+        let key = self.names.monitor(id);
+        let mut writes = Writes::default();
+        writes.config(cfg).state(state);
+        // One transaction: no optional value of an earlier record under this
+        // id survives, and a reader sees the monitor whole or not at all.
+        let mut create = redis::pipe();
+        create.atomic();
+        if !writes.unset.is_empty() {
+            let unset: Vec<&str> = writes.unset.iter().map(|f| f.key()).collect();
+            create.hdel(&key, unset).ignore();
+        }
+        let set: Vec<(&str, &str)> = writes
+            .set
+            .iter()
+            .map(|(f, v)| (f.key(), v.as_str()))
+            .chain([(codec::VER, "0")])
+            .collect();
+        create.hset_multiple(&key, &set).ignore();
+        let _: () = create.query_async(&mut conn).await?;
         let _: () = conn
             .zadd(self.names.monitors_index(), id, cfg.created_at)
             .await?;
@@ -416,21 +436,33 @@ impl Store {
         c: &Commit<'_>,
     ) -> ScriptInvocation<'static> {
         let shard = shard_of(id);
+        let mut writes = Writes::default();
+        writes.state(c.state);
+        if let Some(cfg) = c.cfg {
+            writes.config(cfg);
+        }
         let mut inv = COMMIT.prepare_invoke();
         inv.key(self.names.monitor(id))
             .key(self.names.deadlines(shard))
             .key(self.names.outbox(shard))
             .key(self.names.beats(id))
             .key(self.names.events(id))
+            .arg(codec::VER)
             .arg(expected_ver)
-            .arg(json(c.state))
             .arg(c.state.deadline.map(|d| d.to_string()).unwrap_or_default())
             .arg(id)
-            .arg(c.cfg.map(json).unwrap_or_default())
             .arg(c.beat.map(json).unwrap_or_default())
             .arg(self.caps.beats)
             .arg(self.caps.events)
+            .arg(writes.set.len())
+            .arg(writes.unset.len())
             .arg(c.alerts.len());
+        for (field, value) in &writes.set {
+            inv.arg(field.key()).arg(value);
+        }
+        for field in &writes.unset {
+            inv.arg(field.key());
+        }
         for job in c.alerts {
             inv.arg(&job.alert_id).arg(json(job));
         }
@@ -756,12 +788,15 @@ impl Store {
             .collect()
     }
 
-    /// Removes a job from the outbox once RabbitMQ confirmed it.
-    pub async fn outbox_done(&self, alert_id: &str, monitor_id: &str) -> Result<()> {
-        let _: () = self
-            .conn()
-            .hdel(self.names.outbox(shard_of(monitor_id)), alert_id)
-            .await?;
+    /// Removes many jobs (alert id, monitor id) from their outboxes in one
+    /// pipelined round trip, once RabbitMQ confirmed them.
+    pub async fn outbox_done_many(&self, jobs: &[(String, String)]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (alert_id, monitor_id) in jobs {
+            pipe.hdel(self.names.outbox(shard_of(monitor_id)), alert_id)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await?;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
-//! `Store::apply_batch` against the local Redis: it must leave every
+//! The store against the local Redis. `Store::apply_batch` must leave every
 //! monitor exactly as applying its inputs one by one would, raise each
 //! alert once however often or concurrently a batch runs, and read the
-//! push-path outages when a deadline fires. Each test uses its own key
+//! push-path outages when a deadline fires. A monitor's hash must round-trip
+//! every setting and state value, stay a compact `listpack` in the usual
+//! case, and refuse a field that does not parse. Each test uses its own key
 //! prefix, removed when the test ends (even when it fails).
 
 use std::collections::{BTreeSet, HashMap};
@@ -12,7 +14,7 @@ use lifeline_shared::{
     },
     names::{Names, shard_of},
     state::Input,
-    store::{Caps, Store},
+    store::{Caps, Store, StoreError},
     time::now_ms,
     token,
 };
@@ -350,4 +352,207 @@ async fn a_batched_tick_extends_deadlines_inside_an_outage() {
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].at, deadline + 6_000);
     }
+}
+
+impl TestStore {
+    /// `OBJECT ENCODING` and `MEMORY USAGE … SAMPLES 0` of monitor `id`'s hash.
+    async fn footprint(&self, id: &str) -> (String, u64) {
+        let key = self.names.monitor(id);
+        let mut conn = self.store.conn();
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("object encoding");
+        let bytes: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("memory usage");
+        (encoding, bytes)
+    }
+
+    async fn hset(&self, id: &str, field: &str, value: &str) {
+        let _: () = redis::cmd("HSET")
+            .arg(self.names.monitor(id))
+            .arg(field)
+            .arg(value)
+            .query_async(&mut self.store.conn())
+            .await
+            .expect("hset");
+    }
+
+    async fn hexists(&self, id: &str, field: &str) -> bool {
+        redis::cmd("HEXISTS")
+            .arg(self.names.monitor(id))
+            .arg(field)
+            .query_async(&mut self.store.conn())
+            .await
+            .expect("hexists")
+    }
+}
+
+/// Settings as the API writes them: a generated token, channels with
+/// generated ids.
+fn settings(name: &str, channels: usize, created_at: i64) -> MonitorConfig {
+    let tok = token::generate();
+    MonitorConfig {
+        name: name.to_owned(),
+        timeout: 3600,
+        interval: 3600,
+        channels: (0..channels).map(|_| token::new_id()).collect(),
+        created_at,
+        token_hash: token::hash(&tok),
+        token_hint: token::hint(&tok),
+        remind_every: None,
+        confirm: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_typical_monitor_is_a_small_listpack() {
+    let s = TestStore::new("layout-small");
+    let t = now_ms();
+    let cfg = settings("nightly-db-backup-eu1", 2, t);
+    s.store
+        .create_monitor("typical", &cfg, &MonitorState::new(t))
+        .await
+        .unwrap();
+    let (encoding, created) = s.footprint("typical").await;
+    assert_eq!(encoding, "listpack");
+    // A beat far into the stream: the state's numbers at their widest.
+    let b = beat(1 << 40, t + 1, BeatStatus::Up);
+    s.store.apply("typical", Input::Beat(&b)).await.unwrap();
+    let (encoding, committed) = s.footprint("typical").await;
+    eprintln!("monitor hash: {created} B created, {committed} B after a beat ({encoding})");
+    assert_eq!(encoding, "listpack");
+    // As two JSON values (settings, state) the same monitor took ~680 B.
+    assert!(committed < 400, "{committed} B");
+    let m = s.store.monitor("typical").await.unwrap().unwrap();
+    assert_eq!((m.cfg, m.state.last_seq, m.ver), (cfg, 1 << 40, 1));
+}
+
+#[tokio::test]
+async fn settings_and_state_round_trip_through_commits() {
+    let s = TestStore::new("layout-commit");
+    let t = now_ms();
+    let cfg = settings("reminded", 1, t);
+    s.store
+        .create_monitor("r", &cfg, &MonitorState::new(t))
+        .await
+        .unwrap();
+    let b = beat(9, t + 1, BeatStatus::Down);
+    s.store.apply("r", Input::Beat(&b)).await.unwrap();
+
+    // New settings with every optional value set, in the same write as a step.
+    let reminded = MonitorConfig {
+        name: "reminded, renamed".to_owned(),
+        timeout: 60,
+        interval: 30,
+        channels: vec!["ops".to_owned(), "on-call_2".to_owned()],
+        remind_every: Some(600),
+        confirm: 3,
+        ..cfg.clone()
+    };
+    let applied = s
+        .store
+        .apply_with("r", Input::Retime { now: t + 2 }, |_| {
+            Some(reminded.clone())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let m = s.store.monitor("r").await.unwrap().unwrap();
+    assert_eq!(
+        (&m.cfg, &m.state, m.ver),
+        (&reminded, &applied.outcome.state, 2)
+    );
+    assert_eq!(m.state.status, Status::Down);
+    assert_eq!(m.state.deadline, Some(t + 2 + 600_000), "next reminder");
+    assert!(s.hexists("r", "r").await && s.hexists("r", "d").await);
+
+    // Back to no reminders: the optional values are removed, not left behind.
+    let plain = MonitorConfig {
+        remind_every: None,
+        ..reminded
+    };
+    let applied = s
+        .store
+        .apply_with("r", Input::Retime { now: t + 3 }, |_| Some(plain.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.outcome.state.deadline, None);
+    let m = s.store.monitor("r").await.unwrap().unwrap();
+    assert_eq!(
+        (&m.cfg, &m.state, m.ver),
+        (&plain, &applied.outcome.state, 3)
+    );
+    assert!(!s.hexists("r", "r").await && !s.hexists("r", "d").await);
+    assert_eq!(s.indexed_deadline("r").await, None);
+}
+
+#[tokio::test]
+async fn a_long_name_and_many_channels_still_round_trip() {
+    let s = TestStore::new("layout-large");
+    let t = now_ms();
+    let cfg = settings(&"é".repeat(200), 20, t);
+    s.store
+        .create_monitor("large", &cfg, &MonitorState::new(t))
+        .await
+        .unwrap();
+    let b = beat(1, t + 1, BeatStatus::Up);
+    let applied = s
+        .store
+        .apply("large", Input::Beat(&b))
+        .await
+        .unwrap()
+        .unwrap();
+    let (encoding, _) = s.footprint("large").await;
+    assert_eq!(encoding, "hashtable", "values over 64 B");
+    let m = s.store.monitor("large").await.unwrap().unwrap();
+    assert_eq!((&m.cfg, &m.state, m.ver), (&cfg, &applied.outcome.state, 1));
+}
+
+#[tokio::test]
+async fn a_field_that_does_not_parse_is_a_corrupt_record() {
+    let s = TestStore::new("layout-corrupt");
+    let t = now_ms();
+    s.monitor("m", 60, t).await;
+    s.hset("m", "t", "sixty").await;
+    match s.store.monitor("m").await {
+        Err(StoreError::CorruptField {
+            key,
+            field,
+            problem,
+        }) => {
+            assert_eq!((key, field), (s.names.monitor("m"), "t"));
+            assert!(problem.contains("sixty"), "{problem}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = beat(1, t + 1, BeatStatus::Up);
+    let batch = s.store.apply_batch(&[("m", Input::Beat(&b))]).await;
+    assert!(matches!(
+        batch,
+        Err(StoreError::CorruptField { field: "t", .. })
+    ));
+
+    s.hset("m", "t", "60").await;
+    let _: () = redis::cmd("HDEL")
+        .arg(s.names.monitor("m"))
+        .arg("s")
+        .query_async(&mut s.store.conn())
+        .await
+        .unwrap();
+    let err = s.store.apply("m", Input::Beat(&b)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptField { field: "s", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("status is missing"), "{err}");
 }

@@ -35,7 +35,7 @@ use lifeline_shared::{
     model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
     names::Names,
     nats,
-    state::Input,
+    state::{BeatDisposition, Input},
     store::{Applied, Store, StoreError},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -385,10 +385,12 @@ async fn apply(
             // One unreadable monitor record must not hold up every beat of
             // the lane: apply one by one, and give up on that monitor's beat
             // only (it cannot be applied to a record that does not parse).
-            Err(StoreError::Corrupt { .. }) => match apply_one_by_one(store, &inputs, jobs).await {
-                Ok(()) => return true,
-                Err(error) => error,
-            },
+            Err(StoreError::Corrupt { .. } | StoreError::CorruptField { .. }) => {
+                match apply_one_by_one(store, &inputs, jobs).await {
+                    Ok(()) => return true,
+                    Err(error) => error,
+                }
+            }
             Err(error) => error,
         };
         tracing::warn!(beats = inputs.len(), %error, "beats not applied; retrying");
@@ -411,7 +413,7 @@ async fn apply_one_by_one(
     for (id, input) in inputs {
         match store.apply(id, *input).await {
             Ok(applied) => record(applied, jobs),
-            Err(error @ StoreError::Corrupt { .. }) => {
+            Err(error @ (StoreError::Corrupt { .. } | StoreError::CorruptField { .. })) => {
                 tracing::error!(monitor.id = %id, %error, "beat not applied: the monitor's record does not parse");
                 metrics::counter!("lifeline_evaluator_beats_total", "result" => "corrupt_monitor")
                     .increment(1);
@@ -425,8 +427,13 @@ async fn apply_one_by_one(
 /// Counts what applying one beat did and hands its alert jobs to the relay.
 fn record(applied: Option<Applied>, jobs: &crate::outbox::Relay) {
     let result = match &applied {
-        Some(a) => format!("{:?}", a.outcome.beat).to_lowercase(),
-        None => "unknown_monitor".to_owned(),
+        Some(a) => match a.outcome.beat {
+            BeatDisposition::Applied => "applied",
+            BeatDisposition::Duplicate => "duplicate",
+            BeatDisposition::Late => "late",
+            BeatDisposition::NotABeat => "not_a_beat",
+        },
+        None => "unknown_monitor",
     };
     metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
     for job in applied.into_iter().flat_map(|a| a.jobs) {

@@ -151,7 +151,7 @@ async fn fire(store: &Store, ids: &[String], now: i64, jobs: &crate::outbox::Rel
         }
         // One unreadable monitor must not hold up the others: evaluate them
         // one by one, so only that one fails.
-        Err(StoreError::Corrupt { .. }) => {
+        Err(StoreError::Corrupt { .. } | StoreError::CorruptField { .. }) => {
             let mut all = true;
             for id in ids {
                 match store.apply(id, Input::Tick { now }).await {

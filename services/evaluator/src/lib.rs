@@ -72,7 +72,7 @@ pub async fn run(
     ));
     tracing::info!(%addr, "evaluator ops listening");
 
-    let (jobs_tx, jobs_rx) = outbox::Relay::new(10_000);
+    let (jobs_tx, jobs_rx) = outbox::Relay::new(50_000);
     let relay = tokio::spawn(outbox::relay(
         publisher.clone(),
         store.clone(),

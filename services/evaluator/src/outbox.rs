@@ -23,14 +23,12 @@ use tokio_util::sync::CancellationToken;
 /// Longest wait for one publish and its confirm.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn publish(publisher: &Publisher, store: &Store, job: &AlertJob) -> bool {
+async fn publish(publisher: &Publisher, confirmed: &Confirmed, job: &AlertJob) -> bool {
     let result = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_alert(job)).await;
     match result {
         Ok(Ok(())) => {
             metrics::counter!("lifeline_evaluator_alerts_published_total", "event" => job.event.as_str()).increment(1);
-            if let Err(error) = store.outbox_done(&job.alert_id, &job.monitor.id).await {
-                tracing::warn!(alert.id = %job.alert_id, %error, "alert published but still in the outbox: it may be published again");
-            }
+            confirmed.done(job);
             true
         }
         Ok(Err(error)) => {
@@ -44,8 +42,42 @@ async fn publish(publisher: &Publisher, store: &Store, job: &AlertJob) -> bool {
     }
 }
 
+/// Confirmed jobs removed from the outbox per Redis round trip, at most.
+const DONE_BATCH: usize = 1024;
+
+/// Removes jobs RabbitMQ confirmed from the outbox, many per Redis round
+/// trip (one per job cost as much Redis time as the publish itself at
+/// thousands of alerts per second). A job confirmed but not yet removed
+/// when the evaluator dies is published again by a sweep: same alert id,
+/// delivered once.
+#[derive(Clone)]
+struct Confirmed {
+    tx: mpsc::UnboundedSender<(String, String)>,
+}
+
+impl Confirmed {
+    /// Starts the removing task; it ends once every handle is dropped.
+    fn start(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(DONE_BATCH);
+            while rx.recv_many(&mut batch, DONE_BATCH).await > 0 {
+                if let Err(error) = store.outbox_done_many(&batch).await {
+                    tracing::warn!(jobs = batch.len(), %error, "alerts published but still in the outbox: they may be published again");
+                }
+                batch.clear();
+            }
+        });
+        Self { tx }
+    }
+
+    fn done(&self, job: &AlertJob) {
+        let _ = self.tx.send((job.alert_id.clone(), job.monitor.id.clone()));
+    }
+}
+
 /// Publishes at most this many jobs at once (each waits for its confirm).
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 512;
 
 /// The sending side of the relay: hands it freshly written jobs, and knows
 /// which ones it holds so the sweep leaves them alone.
@@ -97,12 +129,13 @@ pub(crate) async fn relay(
     // queue closes when the producers' clones are gone.
     let held = relay.held.clone();
     drop(relay);
+    let confirmed = Confirmed::start(store);
     tokio_stream_of(jobs)
         .for_each_concurrent(IN_FLIGHT, |job| {
-            let (publisher, store, held) = (publisher.clone(), store.clone(), held.clone());
+            let (publisher, confirmed, held) = (publisher.clone(), confirmed.clone(), held.clone());
             async move {
                 tracing::info!(alert.id = %job.alert_id, monitor.id = %job.monitor.id, event = job.event.as_str(), reason = ?job.reason, "alert raised");
-                publish(&publisher, &store, &job).await;
+                publish(&publisher, &confirmed, &job).await;
                 held.lock().expect("relay lock").remove(&job.alert_id);
             }
         })
@@ -132,6 +165,7 @@ pub(crate) async fn sweep(
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let confirmed = Confirmed::start(store.clone());
     let mut seen: HashSet<String> = HashSet::new();
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,10 +197,10 @@ pub(crate) async fn sweep(
         }
         let failed: Vec<String> = futures::stream::iter(left_behind)
             .map(|job| {
-                let (publisher, store) = (publisher.clone(), store.clone());
+                let (publisher, confirmed) = (publisher.clone(), confirmed.clone());
                 async move {
                     tracing::info!(alert.id = %job.alert_id, "republishing alert job left in the outbox");
-                    (!publish(&publisher, &store, &job).await).then_some(job.alert_id)
+                    (!publish(&publisher, &confirmed, &job).await).then_some(job.alert_id)
                 }
             })
             .buffered(IN_FLIGHT)
