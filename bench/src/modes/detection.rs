@@ -352,9 +352,9 @@ pub(crate) async fn run(env: &Env, opts: &DetectionOpts) -> anyhow::Result<Secti
         });
     let body = format!(
         "{}\n* Setup: monitors written straight into Redis (see Method), `up`, deadlines spread evenly over {} s; \
-{} ingest (its pulses advance the watermark), {} evaluator(s), ticking every 200 ms (the default); no notifier — the alerts queue is read by this process.\n\
+{} ingest (its pulses advance the watermark), {} evaluator(s), ticking every 100 ms (the default); no notifier — the alerts queue is read by this process.\n\
 * Delay: receipt of the alert job (RabbitMQ → this process) minus `job.at`, the deadline. One clock: this machine's. \
-It includes waiting for the watermark (ingest pulses every 250 ms) and for the next tick (200 ms).\n\
+It includes waiting for the watermark (ingest pulses every 250 ms) and for the next tick (100 ms).\n\
 * Where the work waited, sampled every second from the deadline index (`ZCOUNT` of passed deadlines) and the outboxes (`HLEN`): \
 deadlines passed but not yet fired by a tick, and alert jobs committed but not yet confirmed by RabbitMQ.\n\n{}\n{}\n\
 Target at 1,000,000 monitors: p99 ≤ 1 s, max ≤ 2 s — {}.\n",

@@ -12,7 +12,7 @@ use lifeline_shared::{
 pub struct Config {
     /// Broker URLs and prefix.
     pub common: Common,
-    /// `LIFELINE_TICK_MS`, default 200: how often passed deadlines are
+    /// `LIFELINE_TICK_MS`, default 100: how often passed deadlines are
     /// looked for. A deadline is detected at most this long after it passed
     /// (plus the time to write the change).
     pub tick: std::time::Duration,
@@ -30,7 +30,7 @@ pub struct Config {
 impl Config {
     /// Reads the `LIFELINE_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let tick: u64 = config::parse("LIFELINE_TICK_MS", 200)?;
+        let tick: u64 = config::parse("LIFELINE_TICK_MS", 100)?;
         if !(10..=1000).contains(&tick) {
             return Err(ConfigError {
                 name: "LIFELINE_TICK_MS",
@@ -53,7 +53,7 @@ impl Config {
     pub fn local(prefix: &str) -> Self {
         Self {
             common: Common::local(prefix),
-            tick: Duration::from_millis(200),
+            tick: Duration::from_millis(100),
             caps: Caps::default(),
             lanes: 16,
             sweep_every: Duration::from_secs(5),
