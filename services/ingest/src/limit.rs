@@ -26,7 +26,11 @@
 //! leases run out within [`LEASE_SPAN`] (a busy monitor), up to a quarter of
 //! the burst; it falls back to 1 for a monitor that pushes slowly. When the
 //! bucket is empty the script says how long until the next token, and the
-//! replica refuses that monitor's pushes locally until then. Costs: a cron
+//! replica refuses that monitor's pushes locally until then. One push per
+//! monitor and replica asks at a time; concurrent pushes of that monitor
+//! use leased tokens or wait for its answer, so they cannot lease the
+//! bucket empty between them and be refused while a lease holds tokens for
+//! them. Costs: a cron
 //! job pushing every minute pays one script call per push (beside the token
 //! lookup it pays anyway); a monitor hammering far above its limit costs one
 //! call per refusal period per replica, not one per push.
@@ -52,12 +56,13 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{LazyLock, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
 use lifeline_shared::names::Names;
 use redis::{Script, aio::ConnectionManager};
+use tokio::sync::{Notify, futures::OwnedNotified};
 
 /// A lease exhausted within this time after it was taken makes the next one
 /// twice as large.
@@ -269,6 +274,8 @@ struct Entry {
     fallback: Gcra,
     /// The last push checked.
     last_used: Instant,
+    /// Set while a push of this monitor asks the shared bucket.
+    asking: Option<Arc<Notify>>,
 }
 
 impl Entry {
@@ -293,6 +300,7 @@ impl Entry {
             blocked_until: None,
             fallback: Gcra::default(),
             last_used: now,
+            asking: None,
         }
     }
 }
@@ -306,6 +314,34 @@ enum Local {
     Refuse(Refused),
     /// Ask the shared bucket for a lease of this many tokens.
     Ask(u32),
+}
+
+/// What [`Limiter::local`] decided.
+enum Decision {
+    /// Decided (or: ask the shared bucket).
+    Now(Local),
+    /// Wait for the push asking the shared bucket, then decide again.
+    Wait(OwnedNotified),
+}
+
+/// Marks the push asking the shared bucket for a monitor; dropping it lets
+/// the pushes waiting for that answer decide again.
+struct Asking<'a> {
+    limiter: &'a Limiter,
+    monitor_id: &'a str,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.limiter.entries.lock().expect("limiter lock");
+        if let Some(asking) = entries
+            .map
+            .get_mut(self.monitor_id)
+            .and_then(|e| e.asking.take())
+        {
+            asking.notify_waiters();
+        }
+    }
 }
 
 /// The rate limiter of one ingest replica.
@@ -340,10 +376,21 @@ impl Limiter {
 
     /// Admits one push of `monitor_id`, or says how long to wait.
     pub(crate) async fn check(&self, monitor_id: &str) -> Result<(), Refused> {
-        let want = match self.local(monitor_id, Instant::now()) {
-            Local::Admit => return Ok(()),
-            Local::Refuse(r) => return Err(r),
-            Local::Ask(want) => want,
+        let want = loop {
+            match self.local(monitor_id, Instant::now()) {
+                Decision::Now(Local::Admit) => return Ok(()),
+                Decision::Now(Local::Refuse(r)) => return Err(r),
+                Decision::Now(Local::Ask(want)) => break want,
+                // Another push of this monitor is asking the shared
+                // bucket: decide again once its answer is in.
+                Decision::Wait(answered) => answered.await,
+            }
+        };
+        // However this ends (even dropped mid-way: the client went away),
+        // pushes waiting for this answer are woken.
+        let _asking = Asking {
+            limiter: self,
+            monitor_id,
         };
         let down = self
             .redis_down_until
@@ -381,8 +428,12 @@ impl Limiter {
         }
     }
 
-    /// Decides from memory when it can.
-    fn local(&self, monitor_id: &str, now: Instant) -> Local {
+    /// Decides from memory when it can. One push per monitor at a time asks
+    /// the shared bucket; others arriving meanwhile use leased tokens or
+    /// wait for its answer, so concurrent pushes of one monitor never lease
+    /// its bucket empty between them (and are refused while a lease holds
+    /// tokens for them).
+    fn local(&self, monitor_id: &str, now: Instant) -> Decision {
         let mut entries = self.entries.lock().expect("limiter lock");
         if !entries.map.contains_key(monitor_id) && entries.map.len() >= entries.sweep_at {
             entries
@@ -397,7 +448,17 @@ impl Limiter {
             .entry(monitor_id.to_owned())
             .or_insert_with(|| Entry::new(now));
         entry.last_used = now;
-        decide(entry, &self.limit, now)
+        if let Some(asking) = entry.asking.clone() {
+            if entry.take_leased(now) {
+                return Decision::Now(Local::Admit);
+            }
+            return Decision::Wait(asking.notified_owned());
+        }
+        let local = decide(entry, &self.limit, now);
+        if matches!(local, Local::Ask(_)) {
+            entry.asking = Some(Arc::new(Notify::new()));
+        }
+        Decision::Now(local)
     }
 
     /// Takes up to `want` tokens from the shared bucket; `None` when Redis
@@ -704,6 +765,46 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// Concurrent pushes of one monitor within its burst all pass, and the
+    /// burst still holds: one push at a time asks the shared bucket, so
+    /// they never lease it empty between them while tokens sit in a lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_pushes_within_the_burst_all_pass() {
+        let l = std::sync::Arc::new(limiter("redis://127.0.0.1:6379", SLOW_20));
+        for round in 0..20 {
+            let monitor = format!("c{round}");
+            let checks = (0..15).map(|_| {
+                let (l, monitor) = (l.clone(), monitor.clone());
+                tokio::spawn(async move { l.check(&monitor).await })
+            });
+            let results = futures::future::join_all(checks).await;
+            let refused = results.iter().filter(|r| !matches!(r, Ok(Ok(())))).count();
+            assert_eq!(refused, 0, "round {round}: {results:?}");
+            // The bucket holds 20: at most 5 more pass, then 429.
+            let mut more = 0;
+            while l.check(&monitor).await.is_ok() {
+                more += 1;
+                assert!(more <= 5, "round {round}: over the burst");
+            }
+        }
+        let mut conn = l.conn.clone();
+        let keys: Vec<String> = (0..20)
+            .map(|r| l.names.push_rate(&format!("c{r}")))
+            .collect();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// One push a minute, bursts of 20.
+    const SLOW_20: RateLimit = RateLimit {
+        count: 1,
+        period: Duration::from_secs(60),
+        burst: 20,
+    };
 
     #[tokio::test]
     async fn without_redis_each_replica_limits_on_its_own() {
