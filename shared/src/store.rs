@@ -505,15 +505,9 @@ impl Store {
             } else {
                 Vec::new()
             };
-            let outcome = step(id, &before.state, &Rules::of(cfg), input, &outages);
-            let beat = match (input, outcome.beat) {
-                (Input::Beat(b), BeatDisposition::Applied) => Some(b),
-                (Input::Beat(b), BeatDisposition::Late) => {
-                    self.record_late_beat(id, b).await?;
-                    None
-                }
-                _ => None,
-            };
+            let (outcome, beat) = self
+                .run_step(id, &before.state, cfg, input, &outages)
+                .await?;
             let cfg = cfg.clone();
             if outcome.state == before.state && new_cfg.is_none() && beat.is_none() {
                 return Ok(Some(Applied {
@@ -596,15 +590,9 @@ impl Store {
                     Some(o) if firing => o.as_slice(),
                     _ => &[],
                 };
-                let outcome = step(id, &before.state, &Rules::of(&before.cfg), input, known);
-                let beat = match (input, outcome.beat) {
-                    (Input::Beat(b), BeatDisposition::Applied) => Some(b),
-                    (Input::Beat(b), BeatDisposition::Late) => {
-                        self.record_late_beat(id, b).await?;
-                        None
-                    }
-                    _ => None,
-                };
+                let (outcome, beat) = self
+                    .run_step(id, &before.state, &before.cfg, input, known)
+                    .await?;
                 let cfg = before.cfg.clone();
                 let noop = outcome.state == before.state && beat.is_none();
                 let jobs = if noop {
@@ -662,6 +650,28 @@ impl Store {
             }
         }
         Ok(results)
+    }
+
+    /// One state-machine step, and the beat to record with it: an applied
+    /// beat goes into the commit; a late one is recorded here, apart.
+    async fn run_step<'a>(
+        &self,
+        id: &str,
+        state: &MonitorState,
+        cfg: &MonitorConfig,
+        input: Input<'a>,
+        outages: &[Outage],
+    ) -> Result<(Outcome, Option<&'a BeatRecord>)> {
+        let outcome = step(id, state, &Rules::of(cfg), input, outages);
+        let beat = match (input, outcome.beat) {
+            (Input::Beat(b), BeatDisposition::Applied) => Some(b),
+            (Input::Beat(b), BeatDisposition::Late) => {
+                self.record_late_beat(id, b).await?;
+                None
+            }
+            _ => None,
+        };
+        Ok((outcome, beat))
     }
 
     /// Advances the push-path watermark to a pulse sent at `at`; a gap of
