@@ -745,16 +745,10 @@ impl Store {
 
     // --- deadlines and outbox ---
 
-    /// For every shard, up to `limit` monitor ids whose deadline is at or
-    /// before `now`, in one pipelined round trip.
-    pub async fn due_all(&self, now: i64, limit: usize) -> Result<Vec<String>> {
-        let due = self.due_all_scored(now, limit).await?;
-        Ok(due.into_iter().map(|(id, _)| id).collect())
-    }
-
-    /// [`Store::due_all`] with each monitor's indexed deadline (ms); each
-    /// shard's entries come oldest first.
-    pub async fn due_all_scored(&self, now: i64, limit: usize) -> Result<Vec<(String, i64)>> {
+    /// For every shard, up to `limit` monitors whose deadline is at or
+    /// before `now`, with that deadline (ms), in one pipelined round trip;
+    /// each shard's entries come oldest first.
+    pub async fn due_all(&self, now: i64, limit: usize) -> Result<Vec<(String, i64)>> {
         let mut pipe = redis::pipe();
         for shard in 0..crate::names::SHARDS {
             pipe.cmd("ZRANGEBYSCORE")

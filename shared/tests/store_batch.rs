@@ -246,7 +246,7 @@ async fn a_batched_tick_raises_one_alert_per_passed_deadline_once() {
     let ids = beaten_monitors(&s, 50, now - 120_000).await;
     s.monitor("quiet", 60, now).await; // never beaten: nothing to fire
     assert!(s.outbox().await.is_empty(), "a first beat alerts nobody");
-    let due = s.store.due_all_scored(now, 1000).await.unwrap();
+    let due = s.store.due_all(now, 1000).await.unwrap();
     assert_eq!(due.len(), 50);
     assert!(due.iter().all(|&(_, d)| d == now - 60_000), "{due:?}");
 

@@ -886,7 +886,7 @@ async fn pause_and_resume_change_the_status() {
             .await
             .unwrap()
             .iter()
-            .all(|d| d != id),
+            .all(|(d, _)| d != id),
         "a paused monitor has no deadline"
     );
     let before = now_ms();

@@ -83,7 +83,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let mut due = match store.due_all_scored(now, DUE_PER_SHARD).await {
+        let mut due = match store.due_all(now, DUE_PER_SHARD).await {
             Ok(due) => {
                 if failing {
                     tracing::info!("deadline index readable again");
