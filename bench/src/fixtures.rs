@@ -143,6 +143,7 @@ pub(crate) async fn set_up(
             async move {
                 let state = up_state(deadline_of(i), timeout);
                 let commit = Commit {
+                    prior: None,
                     state: &state,
                     cfg: None,
                     beat: None,

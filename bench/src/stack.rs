@@ -38,6 +38,8 @@ pub(crate) struct Env {
     pub(crate) log_dir: PathBuf,
     /// `RUST_LOG` of the services.
     pub(crate) service_log: String,
+    /// `TOKIO_WORKER_THREADS` of every service.
+    pub(crate) worker_threads: usize,
     pub(crate) ingest_replicas: usize,
     pub(crate) evaluator_replicas: usize,
     pub(crate) quick: bool,
@@ -82,6 +84,7 @@ impl Env {
             bin_dir,
             log_dir,
             service_log: global.service_log.clone(),
+            worker_threads: global.worker_threads.max(1),
             ingest_replicas: global.ingest.max(1),
             evaluator_replicas: global.evaluators.max(1),
             quick: global.quick,
@@ -133,6 +136,7 @@ impl Env {
             ("LIFELINE_API_KEY", "bench-api-key-not-secret"),
             ("RUST_LOG", &self.service_log),
             ("NO_COLOR", "1"),
+            ("TOKIO_WORKER_THREADS", &self.worker_threads.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -11,14 +11,20 @@
 //!
 //! [`Store::apply`] runs one state-machine step in two round trips (read,
 //! then the script). [`Store::apply_batch`], for the hot paths, runs many
-//! steps in a few: one pipelined read and one pipelined batch of scripts
-//! per round, each round holding a monitor at most once.
+//! steps in a few: one pipelined read (skipped for monitors the evaluator's
+//! cache holds, see [`Store::with_cache`]) and one script call committing
+//! them all, per round, each round holding a monitor at most once.
 //! Key layout: [`crate::names`]; the fields of a monitor's hash: the
 //! `codec` submodule.
 
+mod cache;
 mod codec;
 
-use std::{collections::HashMap, sync::LazyLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use redis::{AsyncCommands, Script, ScriptInvocation, aio::ConnectionManager};
 
@@ -29,6 +35,7 @@ use crate::{
     names::{Names, shard_of},
     state::{BeatDisposition, Input, Outcome, Rules, step},
 };
+use cache::MonitorCache;
 use codec::{Field, Writes};
 
 /// A Redis failure, or a record that does not parse.
@@ -116,6 +123,9 @@ fn rounds(inputs: &[(&str, Input<'_>)]) -> Vec<Vec<usize>> {
 /// Everything one state-machine step writes.
 #[derive(Debug)]
 pub struct Commit<'a> {
+    /// The state the hash holds at the expected version, if known: then
+    /// only the fields that differ from it are written (`None`: all).
+    pub prior: Option<&'a MonitorState>,
     /// The new state.
     pub state: &'a MonitorState,
     /// New settings, when the API changes them.
@@ -159,43 +169,64 @@ impl Default for Caps {
     }
 }
 
-// KEYS: monitor, deadlines, outbox, beats, events.
-// ARGV: version field, expected ver, deadline ('' = none), monitor id,
-//       beat JSON ('' = none), beats cap, events cap, counts s, u and n,
-//       then s (field, value) pairs to set in the monitor hash (the state,
-//       and the settings when they change), u fields to remove from it,
-//       n (alert id, job JSON) pairs, then the state-change JSONs.
+// Commits the steps of one or more monitors, each only if its monitor is
+// still at the version the step read.
+// KEYS: five per monitor: monitor, deadlines, outbox, beats, events.
+// ARGV: version field, beats cap, events cap, then per monitor: expected
+//       ver, deadline ('' = none), monitor id, beat JSON ('' = none), counts
+//       s, u, n and c, then s (field, value) pairs to set in the monitor
+//       hash (the state fields that changed, and the settings when they
+//       change), u fields to remove from it, n (alert id, job JSON) pairs
+//       and c state-change JSONs.
+// Returns one answer per monitor: 1 written, 0 version conflict, -1 gone.
 const COMMIT_LUA: &str = r#"
-local ver = redis.call('HGET', KEYS[1], ARGV[1])
-if not ver then return -1 end
-if tonumber(ver) ~= tonumber(ARGV[2]) then return 0 end
-local s, u, n = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local i = 11
-redis.call('HSET', KEYS[1], ARGV[1], tonumber(ver) + 1, unpack(ARGV, i, i + 2 * s - 1))
-i = i + 2 * s
-if u > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, i, i + u - 1)) end
-i = i + u
-if ARGV[3] == '' then
-  redis.call('ZREM', KEYS[2], ARGV[4])
-else
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-end
-if ARGV[5] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[5])
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
-end
-for _ = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local changed = false
+local vf = ARGV[1]
+local beats_cap, events_cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+local answers = {}
+local i, k = 4, 0
 while i <= #ARGV do
-  redis.call('LPUSH', KEYS[5], ARGV[i])
-  changed = true
-  i = i + 1
+  local mon, deadlines, outbox = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local beats, events = KEYS[k + 4], KEYS[k + 5]
+  k = k + 5
+  local expected, deadline, id, beat = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local s, u = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local n, c = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+  i = i + 8
+  local next_i = i + 2 * s + u + 2 * n + c
+  local ver = redis.call('HGET', mon, vf)
+  if not ver then
+    answers[#answers + 1] = -1
+  elseif tonumber(ver) ~= expected then
+    answers[#answers + 1] = 0
+  else
+    redis.call('HSET', mon, vf, tonumber(ver) + 1, unpack(ARGV, i, i + 2 * s - 1))
+    i = i + 2 * s
+    if u > 0 then redis.call('HDEL', mon, unpack(ARGV, i, i + u - 1)) end
+    i = i + u
+    if deadline == '' then
+      redis.call('ZREM', deadlines, id)
+    else
+      redis.call('ZADD', deadlines, deadline, id)
+    end
+    if beat ~= '' and redis.call('LPUSH', beats, beat) > beats_cap then
+      redis.call('LTRIM', beats, 0, beats_cap - 1)
+    end
+    for _ = 1, n do
+      redis.call('HSET', outbox, ARGV[i], ARGV[i + 1])
+      i = i + 2
+    end
+    if c > 0 then
+      for _ = 1, c do
+        redis.call('LPUSH', events, ARGV[i])
+        i = i + 1
+      end
+      redis.call('LTRIM', events, 0, events_cap - 1)
+    end
+    answers[#answers + 1] = 1
+  end
+  i = next_i
 end
-if changed then redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1) end
-return 1
+return answers
 "#;
 
 // A beat older than the newest applied one: recorded once, unless the
@@ -259,6 +290,9 @@ pub struct Store {
     conn: ConnectionManager,
     names: Names,
     caps: Caps,
+    /// Monitors as this handle last wrote them (the evaluator's; see
+    /// [`Store::with_cache`]).
+    cache: Option<Arc<MonitorCache>>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T> {
@@ -284,7 +318,24 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, names, caps })
+        Ok(Self {
+            conn,
+            names,
+            caps,
+            cache: None,
+        })
+    }
+
+    /// This store, keeping up to `monitors` monitors as it last wrote them,
+    /// so that [`Store::apply_batch`] need not read them back (0: none).
+    /// Only for the evaluator: a handle that writes monitors without
+    /// stepping them (the API) must not use it. A stale copy costs a retry,
+    /// never a wrong write (the commit checks the version), and the copies
+    /// are not consulted while many turn out stale (several replicas
+    /// writing the same monitors).
+    pub fn with_cache(mut self, monitors: usize) -> Self {
+        self.cache = (monitors > 0).then(|| Arc::new(MonitorCache::new(monitors)));
+        self
     }
 
     /// The names this store uses.
@@ -420,43 +471,53 @@ impl Store {
         expected_ver: u64,
         c: &Commit<'_>,
     ) -> Result<CommitResult> {
-        let r: i64 = self
-            .commit_invocation(id, expected_ver, c)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(CommitResult::of(r))
+        Ok(self.commit_many(&[(id, expected_ver, c)]).await?[0])
     }
 
-    /// The commit script call of [`Store::commit`], to invoke alone or in a
-    /// pipeline.
-    fn commit_invocation(
+    /// [`Store::commit`] for several monitors in one script call (one
+    /// round trip; each monitor's commit stands or fails on its own).
+    async fn commit_many(&self, commits: &[(&str, u64, &Commit<'_>)]) -> Result<Vec<CommitResult>> {
+        let mut inv = COMMIT.prepare_invoke();
+        inv.arg(codec::VER)
+            .arg(self.caps.beats)
+            .arg(self.caps.events);
+        for &(id, expected_ver, c) in commits {
+            self.add_commit(&mut inv, id, expected_ver, c);
+        }
+        let answers: Vec<i64> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(answers.into_iter().map(CommitResult::of).collect())
+    }
+
+    /// Adds one monitor's keys and arguments to a commit script call.
+    fn add_commit(
         &self,
+        inv: &mut ScriptInvocation<'_>,
         id: &str,
         expected_ver: u64,
         c: &Commit<'_>,
-    ) -> ScriptInvocation<'static> {
+    ) {
         let shard = shard_of(id);
         let mut writes = Writes::default();
-        writes.state(c.state);
+        match c.prior {
+            Some(prior) => writes.state_since(prior, c.state),
+            None => writes.state(c.state),
+        };
         if let Some(cfg) = c.cfg {
             writes.config(cfg);
         }
-        let mut inv = COMMIT.prepare_invoke();
         inv.key(self.names.monitor(id))
             .key(self.names.deadlines(shard))
             .key(self.names.outbox(shard))
             .key(self.names.beats(id))
             .key(self.names.events(id))
-            .arg(codec::VER)
             .arg(expected_ver)
             .arg(c.state.deadline.map(|d| d.to_string()).unwrap_or_default())
             .arg(id)
             .arg(c.beat.map(json).unwrap_or_default())
-            .arg(self.caps.beats)
-            .arg(self.caps.events)
             .arg(writes.set.len())
             .arg(writes.unset.len())
-            .arg(c.alerts.len());
+            .arg(c.alerts.len())
+            .arg(c.changes.len());
         for (field, value) in &writes.set {
             inv.arg(field.key()).arg(value);
         }
@@ -469,7 +530,26 @@ impl Store {
         for change in c.changes.iter() {
             inv.arg(json(change));
         }
-        inv
+    }
+
+    /// Keeps monitor `id` as just written (version `ver`), if this store
+    /// caches monitors.
+    fn remember(&self, id: &str, cfg: &MonitorConfig, state: &MonitorState, ver: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(Monitor {
+                id: id.to_owned(),
+                cfg: cfg.clone(),
+                state: state.clone(),
+                ver,
+            });
+        }
+    }
+
+    /// Drops the cached copy of `id`, if any.
+    fn forget_cached(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(id);
+        }
     }
 
     /// Runs one state-machine step on a monitor and writes its outcome,
@@ -519,6 +599,7 @@ impl Store {
             }
             let jobs: Vec<AlertJob> = outcome.alerts.iter().map(|a| a.to_job(id, &cfg)).collect();
             let commit = Commit {
+                prior: Some(&before.state),
                 state: &outcome.state,
                 cfg: new_cfg.as_ref(),
                 beat,
@@ -527,6 +608,7 @@ impl Store {
             };
             match self.commit(id, before.ver, &commit).await? {
                 CommitResult::Committed => {
+                    self.remember(id, &cfg, &outcome.state, before.ver + 1);
                     return Ok(Some(Applied {
                         before,
                         cfg,
@@ -546,13 +628,14 @@ impl Store {
     /// the monitor does not exist.
     ///
     /// The inputs go in rounds holding each monitor at most once (its k-th
-    /// input in round k; usually there is one round). A round reads all its
-    /// monitors in one pipelined round trip, steps each, and writes every
-    /// outcome that changes something in a second one. The push-path
-    /// outages are read at most once per call, and only if a step fires a
-    /// deadline. An item whose write meets a version conflict (another
-    /// replica wrote the monitor in between) is applied again alone, with
-    /// [`Store::apply`], before the next round.
+    /// input in round k; usually there is one round). A round reads its
+    /// monitors in one pipelined round trip (those the cache of
+    /// [`Store::with_cache`] holds are not read), steps each, and writes
+    /// every outcome that changes something in one script call. The
+    /// push-path outages are read at most once per call, and only if a step
+    /// fires a deadline. Items whose write meets a version conflict (another
+    /// replica wrote the monitor in between, or the cached copy was stale)
+    /// are read afresh and applied again, before the next round.
     ///
     /// A Redis error fails the whole call, possibly after some items were
     /// written. Calling again with the same inputs is then safe (see
@@ -569,84 +652,138 @@ impl Store {
         let mut outages: Option<Vec<Outage>> = None;
         let mut conn = self.conn();
         for round in rounds(inputs) {
-            let mut read = redis::pipe();
-            for &i in &round {
-                read.add_command(self.read_monitor(inputs[i].0));
-            }
-            let rows: Vec<MonitorRow> = read.query_async(&mut conn).await?;
-            // (input index, beat to record, outcome to write)
-            let mut pending: Vec<(usize, Option<&BeatRecord>, Applied)> = Vec::new();
-            for (&i, row) in round.iter().zip(rows) {
-                let (id, input) = inputs[i];
-                let Some(before) = self.monitor_from(id, row)? else {
+            // Items of this round still to apply: all of it, then those
+            // whose commit met a version conflict (read afresh), until
+            // none is left — before the next round, to keep each
+            // monitor's order.
+            let mut todo = round;
+            while !todo.is_empty() {
+                // The monitors as they stand: the cached copy while the
+                // cache is trusted, else read (one pipelined round trip).
+                let trusted = self.cache.as_ref().is_some_and(|c| c.trusted());
+                let mut befores: Vec<(usize, Monitor, bool)> = Vec::with_capacity(todo.len());
+                let mut to_read: Vec<usize> = Vec::new();
+                for &i in &todo {
+                    let cached = match &self.cache {
+                        Some(cache) if trusted => cache.get(inputs[i].0),
+                        _ => None,
+                    };
+                    match cached {
+                        Some(m) => befores.push((i, m, true)),
+                        None => to_read.push(i),
+                    }
+                }
+                if !to_read.is_empty() {
+                    let mut read = redis::pipe();
+                    for &i in &to_read {
+                        read.add_command(self.read_monitor(inputs[i].0));
+                    }
+                    let rows: Vec<MonitorRow> = read.query_async(&mut conn).await?;
+                    for (&i, row) in to_read.iter().zip(rows) {
+                        let id = inputs[i].0;
+                        let Some(m) = self.monitor_from(id, row)? else {
+                            self.forget_cached(id);
+                            continue;
+                        };
+                        // Keeps count of how often a copy would have been
+                        // stale, so that the cache is trusted again once
+                        // copies are fresh.
+                        if let Some(cache) = &self.cache
+                            && let Some(ver) = cache.ver(id)
+                        {
+                            cache.observe(ver == m.ver);
+                        }
+                        befores.push((i, m, false));
+                    }
+                }
+                // (input index, beat to record, outcome to write, cached)
+                let mut pending: Vec<(usize, Option<&BeatRecord>, Applied, bool)> = Vec::new();
+                let mut reread: Vec<usize> = Vec::new();
+                for (i, before, cached) in befores {
+                    let (id, input) = inputs[i];
+                    // As in `apply_with`: outages only for a step that fires.
+                    let firing = fires(&before.state, input);
+                    if firing && outages.is_none() {
+                        outages = Some(self.outages().await?);
+                    }
+                    let known = match &outages {
+                        Some(o) if firing => o.as_slice(),
+                        _ => &[],
+                    };
+                    let (outcome, beat) = self
+                        .run_step(id, &before.state, &before.cfg, input, known)
+                        .await?;
+                    let cfg = before.cfg.clone();
+                    let noop = outcome.state == before.state && beat.is_none();
+                    let jobs = if noop {
+                        Vec::new()
+                    } else {
+                        outcome.alerts.iter().map(|a| a.to_job(id, &cfg)).collect()
+                    };
+                    let applied = Applied {
+                        before,
+                        cfg,
+                        outcome,
+                        jobs,
+                    };
+                    if noop && cached {
+                        // Nothing to write, so no version check either: a
+                        // stale copy could hide a change (say a paused
+                        // monitor resumed by the API since, whose deadline
+                        // this tick must fire). Decide again from a read.
+                        self.forget_cached(id);
+                        reread.push(i);
+                    } else if noop {
+                        results[i] = Some(applied);
+                    } else {
+                        pending.push((i, beat, applied, cached));
+                    }
+                }
+                todo = reread;
+                if pending.is_empty() {
                     continue;
-                };
-                // As in `apply_with`: outages only for a step that fires.
-                let firing = fires(&before.state, input);
-                if firing && outages.is_none() {
-                    outages = Some(self.outages().await?);
                 }
-                let known = match &outages {
-                    Some(o) if firing => o.as_slice(),
-                    _ => &[],
-                };
-                let (outcome, beat) = self
-                    .run_step(id, &before.state, &before.cfg, input, known)
-                    .await?;
-                let cfg = before.cfg.clone();
-                let noop = outcome.state == before.state && beat.is_none();
-                let jobs = if noop {
-                    Vec::new()
-                } else {
-                    outcome.alerts.iter().map(|a| a.to_job(id, &cfg)).collect()
-                };
-                let applied = Applied {
-                    before,
-                    cfg,
-                    outcome,
-                    jobs,
-                };
-                if noop {
-                    results[i] = Some(applied);
-                } else {
-                    pending.push((i, beat, applied));
-                }
-            }
-            if pending.is_empty() {
-                continue;
-            }
-            let invocations: Vec<ScriptInvocation<'static>> = pending
-                .iter()
-                .map(|&(i, beat, ref a)| {
-                    let commit = Commit {
+                let commits: Vec<Commit<'_>> = pending
+                    .iter()
+                    .map(|&(_, beat, ref a, _)| Commit {
+                        prior: Some(&a.before.state),
                         state: &a.outcome.state,
                         cfg: None,
                         beat,
                         changes: &a.outcome.changes,
                         alerts: &a.jobs,
-                    };
-                    self.commit_invocation(inputs[i].0, a.before.ver, &commit)
-                })
-                .collect();
-            // A pipelined script call is not retried after loading the
-            // script on NOSCRIPT (as a lone call is): load it first.
-            let mut write = redis::pipe();
-            write.load_script(&COMMIT).ignore();
-            for inv in &invocations {
-                write.invoke_script(inv);
-            }
-            let answers: Vec<i64> = write.query_async(&mut conn).await?;
-            let mut conflicts = Vec::new();
-            for ((i, _, applied), answer) in pending.into_iter().zip(answers) {
-                match CommitResult::of(answer) {
-                    CommitResult::Committed => results[i] = Some(applied),
-                    CommitResult::Conflict => conflicts.push(i),
-                    CommitResult::Missing => {}
+                    })
+                    .collect();
+                let calls: Vec<(&str, u64, &Commit<'_>)> = pending
+                    .iter()
+                    .zip(&commits)
+                    .map(|(&(i, _, ref a, _), c)| (inputs[i].0, a.before.ver, c))
+                    .collect();
+                let answers = self.commit_many(&calls).await?;
+                for ((i, _, applied, cached), answer) in pending.into_iter().zip(answers) {
+                    let id = inputs[i].0;
+                    if cached && let Some(cache) = &self.cache {
+                        cache.observe(answer != CommitResult::Conflict);
+                    }
+                    match answer {
+                        CommitResult::Committed => {
+                            self.remember(
+                                id,
+                                &applied.cfg,
+                                &applied.outcome.state,
+                                applied.before.ver + 1,
+                            );
+                            results[i] = Some(applied);
+                        }
+                        CommitResult::Conflict => {
+                            self.forget_cached(id);
+                            todo.push(i);
+                        }
+                        CommitResult::Missing => {
+                            self.forget_cached(id);
+                        }
+                    }
                 }
-            }
-            for i in conflicts {
-                let (id, input) = inputs[i];
-                results[i] = self.apply(id, input).await?;
             }
         }
         Ok(results)

@@ -53,6 +53,22 @@ impl TestStore {
             .expect("create monitor");
     }
 
+    /// Monitor `id` (60 s timeout, created at `t`) after one beat at
+    /// `t + 1` through a caching store (an evaluator's), which is returned
+    /// with a second, uncaching store on the same keys (the API, or another
+    /// replica).
+    async fn cached_monitor_and_other_writer(&self, id: &str, t: i64) -> (Store, Store) {
+        let evaluator = self.store.clone().with_cache(1000);
+        let other = Store::open(REDIS_URL, self.names.clone(), Caps::default()).unwrap();
+        self.monitor(id, 60, t).await;
+        let b1 = beat(1, t + 1, BeatStatus::Up);
+        evaluator
+            .apply_batch(&[(id, Input::Beat(&b1))])
+            .await
+            .unwrap();
+        (evaluator, other)
+    }
+
     async fn state(&self, id: &str) -> MonitorState {
         self.store
             .monitor(id)
@@ -136,6 +152,27 @@ fn beat(seq: u64, at: i64, status: BeatStatus) -> BeatRecord {
     }
 }
 
+/// `got` holds what `expected` holds for monitors `ids`: state, history,
+/// indexed deadline, and the same outbox.
+async fn same_monitors(got: &TestStore, expected: &TestStore, ids: &[&str]) {
+    for &id in ids {
+        let state = got.state(id).await;
+        assert_eq!(state, expected.state(id).await, "{id}");
+        assert_eq!(
+            got.store.beats(id, 100).await.unwrap(),
+            expected.store.beats(id, 100).await.unwrap(),
+            "{id}"
+        );
+        assert_eq!(
+            got.store.events(id, 100).await.unwrap(),
+            expected.store.events(id, 100).await.unwrap(),
+            "{id}"
+        );
+        assert_eq!(got.indexed_deadline(id).await, state.deadline, "{id}");
+    }
+    assert_eq!(got.outbox().await, expected.outbox().await);
+}
+
 #[tokio::test]
 async fn a_batch_leaves_monitors_as_sequential_applies_do() {
     let (one_by_one, batched) = (TestStore::new("batch-seq"), TestStore::new("batch-bat"));
@@ -168,22 +205,7 @@ async fn a_batch_leaves_monitors_as_sequential_applies_do() {
         assert_eq!(g.outcome, e.outcome, "input {i}");
         assert_eq!(g.jobs, e.jobs, "input {i}");
     }
-    for id in ["a", "b"] {
-        let state = batched.state(id).await;
-        assert_eq!(state, one_by_one.state(id).await, "{id}");
-        assert_eq!(
-            batched.store.beats(id, 100).await.unwrap(),
-            one_by_one.store.beats(id, 100).await.unwrap(),
-            "{id}"
-        );
-        assert_eq!(
-            batched.store.events(id, 100).await.unwrap(),
-            one_by_one.store.events(id, 100).await.unwrap(),
-            "{id}"
-        );
-        assert_eq!(batched.indexed_deadline(id).await, state.deadline, "{id}");
-    }
-    assert_eq!(batched.outbox().await, one_by_one.outbox().await);
+    same_monitors(&batched, &one_by_one, &["a", "b"]).await;
 
     // And what that is: a's beats in stream order, the late one kept apart.
     let a = batched.state("a").await;
@@ -219,6 +241,132 @@ async fn a_batch_leaves_monitors_as_sequential_applies_do() {
     );
     assert_eq!(batched.state("b").await.last_seq, 2);
     assert_eq!(batched.indexed_deadline("b").await, Some(t + 2 + 60_000));
+}
+
+#[tokio::test]
+async fn a_caching_store_applies_beats_as_sequential_applies_do() {
+    // The evaluator's store keeps the monitors it wrote: from the second
+    // batch on it steps them from its copy instead of reading them.
+    let (one_by_one, cached) = (TestStore::new("cache-seq"), TestStore::new("cache-bat"));
+    let cache = cached.store.clone().with_cache(1000);
+    let t = now_ms();
+    for s in [&one_by_one, &cached] {
+        s.monitor("a", 60, t).await;
+        s.monitor("b", 60, t).await;
+    }
+    let beats = [
+        ("a", beat(1, t + 1, BeatStatus::Up)),
+        ("b", beat(2, t + 2, BeatStatus::Up)),
+        ("a", beat(4, t + 4, BeatStatus::Down)),
+        ("a", beat(3, t + 3, BeatStatus::Up)), // late
+        ("b", beat(6, t + 6, BeatStatus::Up)),
+        ("a", beat(5, t + 5, BeatStatus::Up)),
+        ("a", beat(5, t + 5, BeatStatus::Up)), // a redelivery
+    ];
+    for (id, b) in &beats {
+        let e = one_by_one.store.apply(id, Input::Beat(b)).await.unwrap();
+        let g = cache.apply_batch(&[(id, Input::Beat(b))]).await.unwrap();
+        let (g, e) = (g[0].as_ref().unwrap(), e.as_ref().unwrap());
+        assert_eq!(
+            (&g.before, &g.outcome, &g.jobs),
+            (&e.before, &e.outcome, &e.jobs),
+            "beat {} of {id}",
+            b.seq
+        );
+    }
+    same_monitors(&cached, &one_by_one, &["a", "b"]).await;
+}
+
+#[tokio::test]
+async fn a_stale_cached_copy_is_read_again_not_written_over() {
+    let s = TestStore::new("cache-stale");
+    let t = now_ms();
+    let (evaluator, other) = s.cached_monitor_and_other_writer("a", t).await;
+
+    // The API changes the timeout and renames the monitor meanwhile.
+    other
+        .apply_with("a", Input::Retime { now: t + 2 }, |cfg| {
+            Some(MonitorConfig {
+                timeout: 120,
+                name: "renamed".into(),
+                ..cfg.clone()
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let b2 = beat(2, t + 2, BeatStatus::Up);
+    let applied = evaluator
+        .apply_batch(&[("a", Input::Beat(&b2))])
+        .await
+        .unwrap();
+    let applied = applied[0].as_ref().unwrap();
+    assert_eq!(applied.cfg.timeout, 120, "the new settings were read");
+    let m = s.store.monitor("a").await.unwrap().unwrap();
+    assert_eq!(m.cfg.name, "renamed", "settings not written over");
+    assert_eq!(m.state.deadline, Some(t + 2 + 120_000));
+
+    // Another replica applies a beat; the next one here still follows it.
+    let b3 = beat(3, t + 3, BeatStatus::Down);
+    other.apply("a", Input::Beat(&b3)).await.unwrap().unwrap();
+    let b4 = beat(4, t + 4, BeatStatus::Up);
+    let applied = evaluator
+        .apply_batch(&[("a", Input::Beat(&b4))])
+        .await
+        .unwrap();
+    let applied = applied[0].as_ref().unwrap();
+    assert_eq!(applied.before.state.status, Status::Down);
+    assert_eq!(applied.jobs.len(), 1, "the recovery alert");
+    let seqs: Vec<u64> = s
+        .store
+        .beats("a", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    assert_eq!(seqs, [4, 3, 2, 1], "every beat recorded once");
+    let alerts: Vec<AlertEvent> = s.outbox().await.iter().map(|j| j.event).collect();
+    assert_eq!(alerts, [AlertEvent::Down, AlertEvent::Up]);
+
+    // A deleted monitor is gone for the cache too.
+    s.store.delete_monitor(&m).await.unwrap();
+    let b5 = beat(5, t + 5, BeatStatus::Up);
+    let applied = evaluator
+        .apply_batch(&[("a", Input::Beat(&b5))])
+        .await
+        .unwrap();
+    assert!(applied[0].is_none());
+    assert!(s.store.monitor("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_tick_is_not_skipped_on_a_stale_cached_copy() {
+    let s = TestStore::new("cache-noop");
+    let t = now_ms();
+    let (evaluator, api) = s.cached_monitor_and_other_writer("a", t).await;
+    api.apply("a", Input::Pause { now: t + 2 }).await.unwrap();
+    // A beat while paused: the evaluator's copy is now the paused monitor.
+    let b2 = beat(2, t + 3, BeatStatus::Up);
+    evaluator
+        .apply_batch(&[("a", Input::Beat(&b2))])
+        .await
+        .unwrap();
+    assert_eq!(s.state("a").await.status, Status::Paused);
+    // Resumed through the API: the clock starts again.
+    api.apply("a", Input::Resume { now: t + 4 }).await.unwrap();
+    let deadline = s.state("a").await.deadline.expect("a deadline again");
+    // The tick after that deadline fires it, though the cached copy says
+    // paused (nothing to do).
+    let now = deadline + 1;
+    let fired = evaluator
+        .apply_batch(&[("a", Input::Tick { now })])
+        .await
+        .unwrap();
+    let jobs = &fired[0].as_ref().expect("exists").jobs;
+    assert_eq!(jobs.len(), 1, "{fired:?}");
+    assert_eq!(jobs[0].event, AlertEvent::Down);
+    assert_eq!(s.state("a").await.status, Status::Down);
 }
 
 /// `n` monitors `m0..` that beat once at `at` with a 60 s timeout.

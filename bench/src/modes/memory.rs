@@ -141,6 +141,7 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
                     let mut state = up_state(beat.at + i64::from(TIMEOUT_S) * 1000, TIMEOUT_S);
                     state.last_seq = beat.seq;
                     let commit = Commit {
+                        prior: None,
                         state: &state,
                         cfg: None,
                         beat: Some(&beat),

@@ -300,13 +300,14 @@ pub(crate) fn describe(env: &Env, r: &PushRun) -> String {
     format!(
         "* Setup: {} monitors written straight into Redis ({:.1} s; see Method), each pushed in turn; \
 {} keep-alive connections for {} s, one request in flight each: `POST /api/push/<token>` without a body; \
-{} ingest, {} evaluator process(es); LIFELINE_PUSH_RATE {}.\n\n{}\n{}\nTarget (2 cores, load generator included): ≥ 30,000 accepted/s for 60 s with p99 ≤ 20 ms, every push applied — {}.\n",
+{} ingest, {} evaluator process(es), {} runtime thread(s) each (TOKIO_WORKER_THREADS); LIFELINE_PUSH_RATE {}.\n\n{}\n{}\nTarget (2 cores, load generator included): ≥ 30,000 accepted/s for 60 s with p99 ≤ 20 ms, every push applied — {}.\n",
         fmt_int(o.monitors as u64),
         r.setup.as_secs_f64(),
         o.connections,
         o.duration.as_secs(),
         env.ingest_replicas,
         env.evaluator_replicas,
+        env.worker_threads,
         o.push_rate.as_deref().map_or(
             "ingest's default (10/s per token, bursts of 20)".to_owned(),
             |r| format!("`{r}`")

@@ -19,12 +19,19 @@ pub struct Config {
     /// `LIFELINE_HISTORY_BEATS` (default 100) and `LIFELINE_HISTORY_EVENTS`
     /// (default 1000): history kept per monitor.
     pub caps: Caps,
-    /// Beats are applied by this many parallel lanes; one monitor always
-    /// maps to the same lane, so its beats apply in order. Default 16.
+    /// `LIFELINE_LANES` (1–256, default 4): beats are applied by this many
+    /// parallel lanes; one monitor always maps to the same lane, so its
+    /// beats apply in order. Fewer lanes commit larger batches (measured,
+    /// 64 connections: 2 lanes 27.1k–28.9k pushes/s, 4 lanes 26.3k–28.7k,
+    /// 8 lanes 26.7k, 16 lanes 26.0k).
     pub lanes: usize,
     /// How often the outbox is swept for alert jobs whose publication was
     /// interrupted (a crash, RabbitMQ down). Default 5 s.
     pub sweep_every: Duration,
+    /// `LIFELINE_MONITOR_CACHE` (default 100000, 0 = off): monitors kept in
+    /// memory as this replica last wrote them, so a beat is applied without
+    /// reading its monitor first (see `Store::with_cache`).
+    pub monitor_cache: usize,
 }
 
 impl Config {
@@ -37,6 +44,13 @@ impl Config {
                 reason: "must be between 10 and 1000".into(),
             });
         }
+        let lanes: usize = config::parse("LIFELINE_LANES", 4)?;
+        if !(1..=256).contains(&lanes) {
+            return Err(ConfigError {
+                name: "LIFELINE_LANES",
+                reason: "must be between 1 and 256".into(),
+            });
+        }
         Ok(Self {
             common: Common::from_env()?,
             tick: Duration::from_millis(tick),
@@ -44,8 +58,9 @@ impl Config {
                 beats: config::parse("LIFELINE_HISTORY_BEATS", 100)?,
                 events: config::parse("LIFELINE_HISTORY_EVENTS", 1000)?,
             },
-            lanes: 16,
+            lanes,
             sweep_every: Duration::from_secs(5),
+            monitor_cache: config::parse("LIFELINE_MONITOR_CACHE", 100_000)?,
         })
     }
 
@@ -55,8 +70,9 @@ impl Config {
             common: Common::local(prefix),
             tick: Duration::from_millis(100),
             caps: Caps::default(),
-            lanes: 16,
+            lanes: 4,
             sweep_every: Duration::from_secs(5),
+            monitor_cache: 100_000,
         }
     }
 }

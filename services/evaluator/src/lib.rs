@@ -37,7 +37,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let names = config.common.names.clone();
     let store = Store::open(&config.common.redis_url, names.clone(), config.caps)
-        .context("opening redis")?;
+        .context("opening redis")?
+        .with_cache(config.monitor_cache);
     let client = nats::connect(&config.common.nats_url)
         .await
         .context("connecting to nats")?;
@@ -72,13 +73,8 @@ pub async fn run(
     ));
     tracing::info!(%addr, "evaluator ops listening");
 
-    let (jobs_tx, jobs_rx) = outbox::Relay::new(50_000);
-    let relay = tokio::spawn(outbox::relay(
-        publisher.clone(),
-        store.clone(),
-        jobs_tx.clone(),
-        jobs_rx,
-    ));
+    let (jobs_tx, jobs_rx) = outbox::Relay::new(50_000, store.clone());
+    let relay = tokio::spawn(outbox::relay(publisher.clone(), jobs_tx.clone(), jobs_rx));
     let sweeper = tokio::spawn(outbox::sweep(
         publisher,
         store.clone(),

@@ -80,21 +80,25 @@ impl Confirmed {
 const IN_FLIGHT: usize = 512;
 
 /// The sending side of the relay: hands it freshly written jobs, and knows
-/// which ones it holds so the sweep leaves them alone.
+/// which ones it holds so the sweep leaves them alone. Relay and sweep
+/// remove the jobs they published through its one [`Confirmed`] task.
 #[derive(Clone)]
 pub(crate) struct Relay {
     tx: mpsc::Sender<AlertJob>,
     held: Arc<Mutex<HashSet<String>>>,
+    confirmed: Confirmed,
 }
 
 impl Relay {
-    /// A relay handle and its queue (`capacity` jobs).
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<AlertJob>) {
+    /// A relay handle and its queue (`capacity` jobs); confirmed jobs are
+    /// removed from `store`'s outbox.
+    pub(crate) fn new(capacity: usize, store: Store) -> (Self, mpsc::Receiver<AlertJob>) {
         let (tx, rx) = mpsc::channel(capacity);
         (
             Self {
                 tx,
                 held: Arc::default(),
+                confirmed: Confirmed::start(store),
             },
             rx,
         )
@@ -119,17 +123,11 @@ impl Relay {
 
 /// Publishes jobs as state changes produce them, [`IN_FLIGHT`] at a time,
 /// until every sender is gone.
-pub(crate) async fn relay(
-    publisher: Arc<Publisher>,
-    store: Store,
-    relay: Relay,
-    jobs: mpsc::Receiver<AlertJob>,
-) {
+pub(crate) async fn relay(publisher: Arc<Publisher>, relay: Relay, jobs: mpsc::Receiver<AlertJob>) {
     // Only the relay's handle is kept here: drop the sender half so the
     // queue closes when the producers' clones are gone.
-    let held = relay.held.clone();
+    let (held, confirmed) = (relay.held.clone(), relay.confirmed.clone());
     drop(relay);
-    let confirmed = Confirmed::start(store);
     tokio_stream_of(jobs)
         .for_each_concurrent(IN_FLIGHT, |job| {
             let (publisher, confirmed, held) = (publisher.clone(), confirmed.clone(), held.clone());
@@ -165,7 +163,7 @@ pub(crate) async fn sweep(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let confirmed = Confirmed::start(store.clone());
+    let confirmed = relay.confirmed.clone();
     let mut seen: HashSet<String> = HashSet::new();
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

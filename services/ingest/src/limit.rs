@@ -22,18 +22,24 @@
 //! A replica does not ask Redis for every push. It *leases* tokens: one
 //! script call takes up to `k` tokens from the shared bucket at once (fewer
 //! if fewer are left), and the replica admits the next `k - 1` pushes of
-//! that monitor from the lease, in memory. `k` starts at 1 and doubles while
-//! leases run out within [`LEASE_SPAN`] (a busy monitor), up to a quarter of
-//! the burst; it falls back to 1 for a monitor that pushes slowly. When the
+//! that monitor from the lease, in memory. A lease lives as long as the
+//! bucket takes to refill the burst (`b × T`, from 1 to 5 s: 2 s at the
+//! default 10/s, bursts of 20). `k` starts at 1; a lease used up within its
+//! life (a monitor pushing more often than that) makes the next one as large
+//! as the pace seen would use in a lease's life, up to a quarter of the
+//! burst and of what the bucket refills in that time; a lease that expires
+//! with tokens left makes the next one half as large, and a monitor pushing
+//! less often than a lease lives asks for one token a time. When the
 //! bucket is empty the script says how long until the next token, and the
 //! replica refuses that monitor's pushes locally until then. One push per
 //! monitor and replica asks at a time; concurrent pushes of that monitor
 //! use leased tokens or wait for its answer, so they cannot lease the
 //! bucket empty between them and be refused while a lease holds tokens for
-//! them. Costs: a cron
-//! job pushing every minute pays one script call per push (beside the token
-//! lookup it pays anyway); a monitor hammering far above its limit costs one
-//! call per refusal period per replica, not one per push.
+//! them. Costs: a cron job pushing every minute pays one script call per
+//! push (beside the token lookup it pays anyway); one pushing twice a
+//! second, about one call per four pushes; a monitor hammering far above
+//! its limit costs one call per refusal period per replica, not one per
+//! push.
 //!
 //! # Precision
 //!
@@ -41,11 +47,14 @@
 //! is never exceeded across replicas — not even by a burst arriving on all
 //! of them at once. The error is on the strict side: tokens a replica
 //! leased but did not use (its traffic moved to another replica, or
-//! stopped) are dropped after [`LEASE_TTL`] and never returned, so for up to
-//! that long a monitor may be refused up to `k - 1` pushes per replica that
-//! a single exact counter would have admitted. `Retry-After` is the exact
-//! wait rounded up to whole seconds (at least 1): a client that waits it is
-//! admitted, unless the monitor's other clients used the token first.
+//! stopped) are dropped when the lease expires and never returned, so for up
+//! to a lease's life a monitor may be refused up to `k - 1` pushes per
+//! replica that a single exact counter would have admitted; since `k` is at
+//! most a quarter of what the bucket refills meanwhile, a monitor pushing
+//! below 75 % of its rate through one replica is not refused for it.
+//! `Retry-After` is the exact wait rounded up to whole seconds (at least 1):
+//! a client that waits it is admitted, unless the monitor's other clients
+//! used the token first.
 //!
 //! While Redis is unreachable (a call fails or takes longer than
 //! [`REDIS_TIMEOUT`]) a replica stops asking it for [`REDIS_BACKOFF`] and
@@ -63,13 +72,6 @@ use std::{
 use lifeline_shared::names::Names;
 use redis::{Script, aio::ConnectionManager};
 use tokio::sync::{Notify, futures::OwnedNotified};
-
-/// A lease exhausted within this time after it was taken makes the next one
-/// twice as large.
-pub(crate) const LEASE_SPAN: Duration = Duration::from_secs(1);
-
-/// Leased tokens not used within this time are dropped.
-pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// Longest wait for the shared bucket before deciding locally.
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -155,9 +157,21 @@ impl RateLimit {
         self.interval_ms() * f64::from(self.burst)
     }
 
-    /// Largest lease: a quarter of the burst, at least 1.
+    /// How long leased tokens may be used: the time the bucket takes to
+    /// refill the burst, from 1 to 5 s. A lease used up within it makes the
+    /// next one larger.
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.tolerance_ms() / 1000.0)
+            .clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    /// Largest lease: a quarter of the burst, and a quarter of what the
+    /// bucket refills while a lease lives (so tokens a lease drops unused
+    /// cost a monitor at most a quarter of its rate); at least 1.
     fn max_lease(&self) -> u32 {
-        (self.burst / 4).max(1)
+        let refill = self.lease_ttl().as_secs_f64() * 1000.0 / self.interval_ms();
+        let quarter = (refill / 4.0).floor() as u32;
+        (self.burst / 4).min(quarter).max(1)
     }
 }
 
@@ -280,10 +294,10 @@ struct Entry {
 
 impl Entry {
     /// Uses one leased token, if a fresh one is left.
-    fn take_leased(&mut self, now: Instant) -> bool {
+    fn take_leased(&mut self, now: Instant, limit: &RateLimit) -> bool {
         let fresh = self
             .leased_at
-            .is_some_and(|at| now.duration_since(at) < LEASE_TTL);
+            .is_some_and(|at| now.duration_since(at) < limit.lease_ttl());
         if self.leased > 0 && fresh {
             self.leased -= 1;
             true
@@ -414,7 +428,7 @@ impl Limiter {
             None => entry.fallback.admit(&self.limit, ms),
             // Empty, but a concurrent push of this monitor leased tokens
             // meanwhile: use one of those.
-            Some(g) if g.granted == 0 && entry.take_leased(now) => Ok(()),
+            Some(g) if g.granted == 0 && entry.take_leased(now, &self.limit) => Ok(()),
             Some(g) if g.granted == 0 => {
                 let refused = g.refused(&self.limit);
                 entry.blocked_until = Some(now + refused.wait);
@@ -449,7 +463,7 @@ impl Limiter {
             .or_insert_with(|| Entry::new(now));
         entry.last_used = now;
         if let Some(asking) = entry.asking.clone() {
-            if entry.take_leased(now) {
+            if entry.take_leased(now, &self.limit) {
                 return Decision::Now(Local::Admit);
             }
             return Decision::Wait(asking.notified_owned());
@@ -499,7 +513,7 @@ fn decide(entry: &mut Entry, limit: &RateLimit, now: Instant) -> Local {
     // Tokens already leased come first: concurrent pushes of one monitor
     // may have leased the bucket empty between them, and one of them
     // finding it empty must not strand the tokens the others hold.
-    if entry.take_leased(now) {
+    if entry.take_leased(now, limit) {
         return Local::Admit;
     }
     if let Some(until) = entry.blocked_until {
@@ -509,12 +523,25 @@ fn decide(entry: &mut Entry, limit: &RateLimit, now: Instant) -> Local {
         entry.blocked_until = None;
     }
     let lease_age = entry.leased_at.map(|at| now.duration_since(at));
-    // The last lease is used up (or stale): size the next one by how fast
+    // The last lease is used up (or expired): size the next one by how fast
     // the last one went.
-    entry.lease_size = if entry.leased == 0 && lease_age.is_some_and(|age| age < LEASE_SPAN) {
-        entry.lease_size.saturating_mul(2).min(limit.max_lease())
-    } else {
-        1
+    let ttl = limit.lease_ttl();
+    entry.lease_size = match lease_age {
+        // Expired with tokens left: too large for this monitor's pace.
+        _ if entry.leased > 0 => (entry.lease_size / 2).max(1),
+        // Used up: `k` pushes in `age` (this one included), one every
+        // `age / k`; if that is shorter than a lease lives, the next lease
+        // is what this pace uses in a lease's life.
+        Some(age) if age / entry.lease_size < ttl => {
+            let every = age.as_secs_f64() / f64::from(entry.lease_size);
+            let fit = ttl.as_secs_f64() / every;
+            if fit.is_finite() {
+                (fit.floor() as u32).clamp(1, limit.max_lease())
+            } else {
+                limit.max_lease()
+            }
+        }
+        _ => 1,
     };
     entry.leased = 0;
     Local::Ask(entry.lease_size)
@@ -637,37 +664,87 @@ mod tests {
     }
 
     #[test]
-    fn leases_are_used_locally_grow_when_busy_and_expire() {
+    fn leases_are_used_locally_fit_the_pace_and_expire() {
+        let ms = Duration::from_millis;
         let t0 = Instant::now();
         let mut e = Entry::new(t0);
         // First push: ask for one token.
         assert_eq!(decide(&mut e, &TEN_PER_S, t0), Local::Ask(1));
-        // Granted 1, used at once; the next push asks again, for two.
+        // Granted 1, used at once; the next push, 500 ms later, asks for
+        // what that pace uses in a lease's life (2 s): 4.
         e.leased_at = Some(t0);
-        assert_eq!(
-            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(10)),
-            Local::Ask(2)
-        );
-        // Granted 2: one admitted by the grant, one left in the lease.
-        e.leased = 1;
-        e.leased_at = Some(t0 + Duration::from_millis(10));
-        assert_eq!(
-            decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(20)),
-            Local::Admit
-        );
-        // Busy: the lease doubles up to a quarter of the burst (5).
-        for size in [4, 5, 5] {
-            assert_eq!(
-                decide(&mut e, &TEN_PER_S, t0 + Duration::from_millis(30)),
-                Local::Ask(size)
-            );
-            e.leased_at = Some(t0 + Duration::from_millis(30));
-        }
-        // A lease left unused beyond its time is dropped; slow again: size 1.
+        assert_eq!(decide(&mut e, &TEN_PER_S, t0 + ms(500)), Local::Ask(4));
+        // Granted 4: one admitted by the grant, three left in the lease.
         e.leased = 3;
-        let later = t0 + Duration::from_millis(30) + LEASE_TTL;
-        assert_eq!(decide(&mut e, &TEN_PER_S, later), Local::Ask(1));
+        e.leased_at = Some(t0 + ms(500));
+        for at in [1000, 1500, 2000] {
+            assert_eq!(decide(&mut e, &TEN_PER_S, t0 + ms(at)), Local::Admit);
+        }
+        // Busy: up to a quarter of the burst (5).
+        assert_eq!(decide(&mut e, &TEN_PER_S, t0 + ms(2010)), Local::Ask(5));
+        e.leased_at = Some(t0 + ms(2010));
+        // A lease left unused beyond its life (2 s here) is dropped, and the
+        // next one is half as large.
+        assert_eq!(TEN_PER_S.lease_ttl(), Duration::from_secs(2));
+        e.leased = 3;
+        let later = t0 + ms(2010) + Duration::from_secs(2);
+        assert_eq!(decide(&mut e, &TEN_PER_S, later), Local::Ask(2));
         assert_eq!(e.leased, 0);
+        // A monitor pushing less often than a lease lives: one token a time.
+        e.leased_at = Some(later);
+        let much_later = later + Duration::from_secs(3);
+        assert_eq!(decide(&mut e, &TEN_PER_S, much_later), Local::Ask(1));
+    }
+
+    /// Shared-bucket calls of a monitor pushing every `every`, `n` times,
+    /// each lease granted in full.
+    fn asks(limit: &RateLimit, every: Duration, n: u32) -> u32 {
+        let t0 = Instant::now();
+        let mut e = Entry::new(t0);
+        let mut asks = 0;
+        for i in 0..n {
+            let now = t0 + every * i;
+            match decide(&mut e, limit, now) {
+                Local::Admit => {}
+                Local::Ask(k) => {
+                    asks += 1;
+                    e.leased = k - 1;
+                    e.leased_at = Some(now);
+                }
+                Local::Refuse(r) => panic!("push {i} refused: {r:?}"),
+            }
+        }
+        asks
+    }
+
+    #[test]
+    fn a_monitor_pushing_twice_a_second_asks_about_once_per_four_pushes() {
+        let twice = asks(&TEN_PER_S, Duration::from_millis(500), 400);
+        assert!(twice <= 110, "{twice} calls for 400 pushes");
+        let every_3_s = asks(&TEN_PER_S, Duration::from_secs(3), 100);
+        assert_eq!(every_3_s, 100, "slower than a lease lives: one each");
+        let busy = asks(&TEN_PER_S, Duration::from_millis(120), 400);
+        assert!(busy <= 90, "{busy} calls for 400 pushes at 8/s");
+    }
+
+    #[test]
+    fn a_lease_drops_at_most_a_quarter_of_the_rate() {
+        let lease = |rate: &str, burst| {
+            let l = RateLimit::parse(rate, burst).unwrap().unwrap();
+            (l.lease_ttl(), l.max_lease())
+        };
+        let s = Duration::from_secs;
+        assert_eq!(lease("10/s", 20), (s(2), 5));
+        assert_eq!(lease("10/s", 4), (s(1), 1), "a quarter of the burst");
+        assert_eq!(lease("100/s", 400), (s(4), 100), "a quarter of the burst");
+        assert_eq!(
+            lease("100/s", 1000),
+            (s(5), 125),
+            "a quarter of 500 refilled"
+        );
+        assert_eq!(lease("1000/s", 100_000), (s(5), 1250));
+        assert_eq!(lease("6/m", 20), (s(5), 1), "slow rates lease one");
+        assert_eq!(lease("100/h", 1), (s(5), 1));
     }
 
     #[test]

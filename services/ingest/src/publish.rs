@@ -21,9 +21,11 @@ use std::{sync::Arc, time::Duration};
 use lifeline_shared::model::{BATCH_MAX_BEATS, BATCH_MAX_BYTES, BeatBatch};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// JetStream publishes awaiting their acknowledgement at once. Few, so that
-/// pushes arriving meanwhile share the next message.
-const IN_FLIGHT: usize = 2;
+/// JetStream publishes awaiting their acknowledgement at once. One, so that
+/// every push arriving meanwhile shares the next message (measured, 64
+/// connections: 1 in flight 22.4k–26.7k pushes/s, 2 in flight 22.6k–25.0k,
+/// 4 in flight 18.7k).
+const IN_FLIGHT: usize = 1;
 
 /// Pushes waiting to be packed, at most; more wait for room (backpressure
 /// on the handlers).

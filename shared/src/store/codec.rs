@@ -193,6 +193,34 @@ impl Writes {
         self
     }
 
+    /// Writes the state fields that differ from `prior` (what the hash
+    /// holds at the version the commit expects): a beat usually moves only
+    /// the deadline, the last beat time and sequence.
+    pub(crate) fn state_since(&mut self, prior: &MonitorState, st: &MonitorState) -> &mut Self {
+        if prior.status != st.status {
+            self.put(Field::Status, status_str(st.status).to_owned());
+        }
+        if prior.deadline != st.deadline {
+            self.put_opt(Field::Deadline, st.deadline);
+        }
+        if prior.last_beat_at != st.last_beat_at {
+            self.put_opt(Field::LastBeatAt, st.last_beat_at);
+        }
+        if prior.last_seq != st.last_seq {
+            self.put(Field::LastSeq, st.last_seq.to_string());
+        }
+        if prior.since != st.since {
+            self.put(Field::Since, st.since.to_string());
+        }
+        if prior.changes != st.changes {
+            self.put(Field::Changes, st.changes.to_string());
+        }
+        if prior.misses != st.misses {
+            self.put(Field::Misses, st.misses.to_string());
+        }
+        self
+    }
+
     fn put(&mut self, field: Field, value: String) {
         self.set.push((field, value));
     }
@@ -395,7 +423,13 @@ fn decode_token_hash(field: Field, raw: &str) -> Result<String, FieldError> {
     if digest.len() != DIGEST_LEN || bits >= 6 || acc != 0 {
         return Err(not_a_hash());
     }
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(2 * DIGEST_LEN);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    Ok(hex)
 }
 
 #[cfg(test)]
@@ -514,6 +548,45 @@ mod tests {
         apply(&mut hash, Writes::default().config(&cfg).state(&st));
         let m = decode("m1", hmget(&hash)).unwrap().unwrap();
         assert_eq!((m.cfg, m.state), (cfg, st));
+    }
+
+    #[test]
+    fn writing_only_the_changed_state_fields_gives_the_new_state() {
+        let prior = state();
+        let beat = MonitorState {
+            deadline: Some(1_763_950_000_000),
+            last_beat_at: Some(1_763_949_000_000),
+            last_seq: 9,
+            ..prior.clone()
+        };
+        let cleared = MonitorState {
+            status: Status::Up,
+            deadline: None,
+            last_beat_at: None,
+            last_seq: 0,
+            since: 12,
+            changes: 8,
+            misses: 0,
+        };
+        for next in [beat.clone(), cleared, prior.clone()] {
+            let mut hash = stored(&config(), &prior, 1);
+            let mut writes = Writes::default();
+            writes.state_since(&prior, &next);
+            apply(&mut hash, &writes);
+            let m = decode("m1", hmget(&hash)).unwrap().unwrap();
+            assert_eq!(m.state, next);
+        }
+        let mut writes = Writes::default();
+        writes.state_since(&prior, &beat);
+        let fields: Vec<Field> = writes.set.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            (fields, writes.unset),
+            (
+                vec![Field::Deadline, Field::LastBeatAt, Field::LastSeq],
+                vec![]
+            ),
+            "a beat writes only what it moved"
+        );
     }
 
     #[test]
