@@ -129,7 +129,48 @@ pub(crate) async fn connect_all(addrs: &[SocketAddr], n: usize) -> anyhow::Resul
 
 /// Sends `requests` in turn over `connections` connections to `addrs` for
 /// `duration`, each connection as fast as it is answered.
+///
+/// The connections run on one thread of their own (a single-threaded
+/// runtime), as wrk's threads do: one `epoll` loop serves them all and no
+/// answer wakes a task on another thread. On two cores shared with the
+/// stack this cut the generator's CPU per request (see BENCHMARKS.md).
 pub(crate) async fn closed_loop(
+    addrs: &[SocketAddr],
+    connections: usize,
+    duration: Duration,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> anyhow::Result<LoadResult> {
+    let addrs = addrs.to_vec();
+    on_own_thread(move || async move {
+        closed_loop_here(&addrs, connections, duration, requests).await
+    })
+    .await
+}
+
+/// Runs the future `make` returns on a new thread with a single-threaded
+/// runtime, and waits for its result.
+async fn on_own_thread<F, Fut, T>(make: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(make()));
+            let _ = tx.send(result);
+        })
+        .context("starting the load thread")?;
+    rx.await.context("the load thread ended without a result")?
+}
+
+async fn closed_loop_here(
     addrs: &[SocketAddr],
     connections: usize,
     duration: Duration,
