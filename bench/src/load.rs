@@ -141,9 +141,9 @@ pub(crate) async fn closed_loop(
     requests: Arc<Vec<Vec<u8>>>,
 ) -> anyhow::Result<LoadResult> {
     let addrs = addrs.to_vec();
-    on_own_thread(move || async move {
-        closed_loop_here(&addrs, connections, duration, requests).await
-    })
+    on_own_thread(
+        move || async move { closed_loop_here(&addrs, connections, duration, requests).await },
+    )
     .await
 }
 

@@ -39,6 +39,15 @@ pub fn shard_of(id: &str) -> u16 {
     (h % u32::from(SHARDS)) as u16
 }
 
+/// A shard's Redis hash tag, `{sN}`, written without an allocation.
+struct Tag(u16);
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{{s{}}}", self.0)
+    }
+}
+
 /// Names derived from one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -132,8 +141,8 @@ impl Names {
 
     // --- Redis ---
 
-    fn tag(shard: u16) -> String {
-        format!("{{s{shard}}}")
+    fn tag(shard: u16) -> Tag {
+        Tag(shard)
     }
 
     /// Monitor hash (`cfg`, `st`, `ver`).

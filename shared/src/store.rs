@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use redis::{AsyncCommands, Script, ScriptInvocation, aio::ConnectionManager};
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
 use crate::{
     model::{
@@ -477,59 +477,80 @@ impl Store {
     /// [`Store::commit`] for several monitors in one script call (one
     /// round trip; each monitor's commit stands or fails on its own).
     async fn commit_many(&self, commits: &[(&str, u64, &Commit<'_>)]) -> Result<Vec<CommitResult>> {
-        let mut inv = COMMIT.prepare_invoke();
-        inv.arg(codec::VER)
-            .arg(self.caps.beats)
-            .arg(self.caps.events);
-        for &(id, expected_ver, c) in commits {
-            self.add_commit(&mut inv, id, expected_ver, c);
-        }
-        let answers: Vec<i64> = inv.invoke_async(&mut self.conn()).await?;
+        let call = self.commit_call(commits);
+        let mut conn = self.conn();
+        let answers: Vec<i64> = match call.query_async(&mut conn).await {
+            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): nothing
+            // ran; load the script and send the call again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                COMMIT.load_async(&mut conn).await?;
+                call.query_async(&mut conn).await?
+            }
+            answers => answers?,
+        };
         Ok(answers.into_iter().map(CommitResult::of).collect())
     }
 
-    /// Adds one monitor's keys and arguments to a commit script call.
-    fn add_commit(
-        &self,
-        inv: &mut ScriptInvocation<'_>,
-        id: &str,
-        expected_ver: u64,
-        c: &Commit<'_>,
-    ) {
-        let shard = shard_of(id);
-        let mut writes = Writes::default();
-        match c.prior {
-            Some(prior) => writes.state_since(prior, c.state),
-            None => writes.state(c.state),
-        };
-        if let Some(cfg) = c.cfg {
-            writes.config(cfg);
+    /// The `EVALSHA` of the commit script for `commits` (see `COMMIT_LUA`),
+    /// written into one command buffer: the evaluator sends one per batch
+    /// of beats, and a script invocation would allocate every key and
+    /// argument apart first.
+    fn commit_call(&self, commits: &[(&str, u64, &Commit<'_>)]) -> redis::Cmd {
+        // A beat's commit takes about 20 arguments and 400 bytes.
+        let mut call = redis::Cmd::with_capacity(8 + 24 * commits.len(), 512 * commits.len());
+        call.arg("EVALSHA")
+            .arg(COMMIT.get_hash())
+            .arg(5 * commits.len());
+        for &(id, _, _) in commits {
+            let shard = shard_of(id);
+            call.arg(self.names.monitor(id))
+                .arg(self.names.deadlines(shard))
+                .arg(self.names.outbox(shard))
+                .arg(self.names.beats(id))
+                .arg(self.names.events(id));
         }
-        inv.key(self.names.monitor(id))
-            .key(self.names.deadlines(shard))
-            .key(self.names.outbox(shard))
-            .key(self.names.beats(id))
-            .key(self.names.events(id))
-            .arg(expected_ver)
-            .arg(c.state.deadline.map(|d| d.to_string()).unwrap_or_default())
-            .arg(id)
-            .arg(c.beat.map(json).unwrap_or_default())
-            .arg(writes.set.len())
-            .arg(writes.unset.len())
-            .arg(c.alerts.len())
-            .arg(c.changes.len());
-        for (field, value) in &writes.set {
-            inv.arg(field.key()).arg(value);
+        call.arg(codec::VER)
+            .arg(self.caps.beats)
+            .arg(self.caps.events);
+        let mut beat = Vec::with_capacity(256);
+        for &(id, expected_ver, c) in commits {
+            let mut writes = Writes::default();
+            match c.prior {
+                Some(prior) => writes.state_since(prior, c.state),
+                None => writes.state(c.state),
+            };
+            if let Some(cfg) = c.cfg {
+                writes.config(cfg);
+            }
+            call.arg(expected_ver);
+            match c.state.deadline {
+                Some(deadline) => call.arg(deadline),
+                None => call.arg(""),
+            };
+            call.arg(id);
+            beat.clear();
+            if let Some(b) = c.beat {
+                serde_json::to_writer(&mut beat, b).expect("model types serialize");
+            }
+            call.arg(beat.as_slice())
+                .arg(writes.set.len())
+                .arg(writes.unset.len())
+                .arg(c.alerts.len())
+                .arg(c.changes.len());
+            for (field, value) in &writes.set {
+                call.arg(field.key()).arg(value);
+            }
+            for field in &writes.unset {
+                call.arg(field.key());
+            }
+            for job in c.alerts {
+                call.arg(&job.alert_id).arg(json(job));
+            }
+            for change in c.changes.iter() {
+                call.arg(json(change));
+            }
         }
-        for field in &writes.unset {
-            inv.arg(field.key());
-        }
-        for job in c.alerts {
-            inv.arg(&job.alert_id).arg(json(job));
-        }
-        for change in c.changes.iter() {
-            inv.arg(json(change));
-        }
+        call
     }
 
     /// Keeps monitor `id` as just written (version `ver`), if this store

@@ -704,3 +704,32 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
     );
     assert!(err.to_string().contains("status is missing"), "{err}");
 }
+
+/// Redis forgets its scripts when it restarts (or on `SCRIPT FLUSH`): the
+/// next commit loads the script again instead of failing the batch.
+#[tokio::test]
+async fn a_commit_after_redis_forgot_its_scripts_loads_them_again() {
+    let s = TestStore::new("store-noscript");
+    let t = now_ms();
+    s.monitor("m1", 60, t).await;
+    let b1 = beat(1, t + 1, BeatStatus::Up);
+    s.store
+        .apply_batch(&[("m1", Input::Beat(&b1))])
+        .await
+        .expect("first beat");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut s.store.conn())
+        .await
+        .expect("script flush");
+    let b2 = beat(2, t + 2, BeatStatus::Up);
+    let applied = s
+        .store
+        .apply_batch(&[("m1", Input::Beat(&b2))])
+        .await
+        .expect("a beat after SCRIPT FLUSH is applied");
+    assert!(applied[0].is_some());
+    let state = s.state("m1").await;
+    assert_eq!((state.last_seq, state.last_beat_at), (2, Some(t + 2)));
+    assert_eq!(s.indexed_deadline("m1").await, Some(t + 2 + 60_000));
+}

@@ -377,8 +377,9 @@ async fn apply(
     loop {
         let error = match store.apply_batch(&inputs).await {
             Ok(results) => {
+                let mut tally = Tally::default();
                 for applied in results {
-                    record(applied, jobs);
+                    tally.record(applied, jobs);
                 }
                 return true;
             }
@@ -410,9 +411,10 @@ async fn apply_one_by_one(
     inputs: &[(&str, Input<'_>)],
     jobs: &crate::outbox::Relay,
 ) -> Result<(), StoreError> {
+    let mut tally = Tally::default();
     for (id, input) in inputs {
         match store.apply(id, *input).await {
-            Ok(applied) => record(applied, jobs),
+            Ok(applied) => tally.record(applied, jobs),
             Err(error @ (StoreError::Corrupt { .. } | StoreError::CorruptField { .. })) => {
                 tracing::error!(monitor.id = %id, %error, "beat not applied: the monitor's record does not parse");
                 metrics::counter!("lifeline_evaluator_beats_total", "result" => "corrupt_monitor")
@@ -424,20 +426,47 @@ async fn apply_one_by_one(
     Ok(())
 }
 
-/// Counts what applying one beat did and hands its alert jobs to the relay.
-fn record(applied: Option<Applied>, jobs: &crate::outbox::Relay) {
-    let result = match &applied {
-        Some(a) => match a.outcome.beat {
-            BeatDisposition::Applied => "applied",
-            BeatDisposition::Duplicate => "duplicate",
-            BeatDisposition::Late => "late",
-            BeatDisposition::NotABeat => "not_a_beat",
-        },
-        None => "unknown_monitor",
-    };
-    metrics::counter!("lifeline_evaluator_beats_total", "result" => result).increment(1);
-    for job in applied.into_iter().flat_map(|a| a.jobs) {
-        jobs.hand_over(job);
+/// What applying beats did, counted per batch (one metrics update per
+/// result and batch, not per beat).
+#[derive(Default)]
+struct Tally([u64; 5]);
+
+impl Tally {
+    /// The `result` label of each slot.
+    const RESULTS: [&'static str; 5] = [
+        "applied",
+        "duplicate",
+        "late",
+        "not_a_beat",
+        "unknown_monitor",
+    ];
+
+    /// Counts one beat's outcome and hands its alert jobs to the relay.
+    fn record(&mut self, applied: Option<Applied>, jobs: &crate::outbox::Relay) {
+        let slot = match &applied {
+            Some(a) => match a.outcome.beat {
+                BeatDisposition::Applied => 0,
+                BeatDisposition::Duplicate => 1,
+                BeatDisposition::Late => 2,
+                BeatDisposition::NotABeat => 3,
+            },
+            None => 4,
+        };
+        self.0[slot] += 1;
+        for job in applied.into_iter().flat_map(|a| a.jobs) {
+            jobs.hand_over(job);
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        for (result, n) in Self::RESULTS.into_iter().zip(self.0) {
+            if n > 0 {
+                metrics::counter!("lifeline_evaluator_beats_total", "result" => result)
+                    .increment(n);
+            }
+        }
     }
 }
 
