@@ -229,6 +229,30 @@ impl CpuWatch {
 
 impl CpuUsage {
     /// `ingest 95 %, evaluator 60 %, …` (100 % = one core).
+    /// CPU time per event at `rate` events/s, by group and in all, and the
+    /// rate all cores could sustain at that cost: the figure to compare
+    /// across runs when the machine's speed varies.
+    pub(crate) fn per_event(&self, rate: f64) -> String {
+        if rate <= 0.0 {
+            return "n/a".into();
+        }
+        // % of one core → µs of CPU per second → per event.
+        let us = |pct: f64| pct * 10_000.0 / rate;
+        let mut parts: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(l, p)| format!("{l} {:.1} µs", us(*p)))
+            .collect();
+        parts.push(format!("other processes {:.1} µs", us(self.others)));
+        let all = us(self.machine);
+        format!(
+            "{}; **{all:.1} µs** in all — {} per second if all {} cores did nothing else",
+            parts.join(", "),
+            crate::report::fmt_int((self.cores as f64 * 1e6 / all) as u64),
+            self.cores
+        )
+    }
+
     pub(crate) fn describe(&self) -> String {
         let mut parts: Vec<String> = self
             .groups

@@ -263,6 +263,10 @@ pub(crate) fn describe(env: &Env, r: &PushRun) -> String {
     ]);
     t.row(["CPU during the load".to_owned(), r.cpu.describe()]);
     t.row([
+        "CPU time per accepted push".to_owned(),
+        r.cpu.per_event(r.load.ok_rate()),
+    ]);
+    t.row([
         "resident memory, peak".to_owned(),
         r.rss
             .iter()
