@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let _log = telemetry::init();
     let config = Config::from_env()?;
     let addr: SocketAddr = config::parse("LIFELINE_API_ADDR", ([127, 0, 0, 1], 8081).into())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

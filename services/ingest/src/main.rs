@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let _log = telemetry::init();
     let config = Config::from_env()?;
     let addr = config::string("LIFELINE_INGEST_ADDR", "127.0.0.1:8080");
     let listener = tokio::net::TcpListener::bind(&addr)
