@@ -173,14 +173,22 @@ async fn same_monitors(got: &TestStore, expected: &TestStore, ids: &[&str]) {
     assert_eq!(got.outbox().await, expected.outbox().await);
 }
 
-#[tokio::test]
-async fn a_batch_leaves_monitors_as_sequential_applies_do() {
-    let (one_by_one, batched) = (TestStore::new("batch-seq"), TestStore::new("batch-bat"));
+/// Two stores under fresh prefixes (tagged `a` and `b`), each holding
+/// monitors "a" and "b" (60 s timeout) created at the returned time: one to
+/// apply inputs one by one, one to apply them another way, then compare.
+async fn twin_stores(a: &str, b: &str) -> (TestStore, TestStore, i64) {
+    let (first, second) = (TestStore::new(a), TestStore::new(b));
     let t = now_ms();
-    for s in [&one_by_one, &batched] {
+    for s in [&first, &second] {
         s.monitor("a", 60, t).await;
         s.monitor("b", 60, t).await;
     }
+    (first, second, t)
+}
+
+#[tokio::test]
+async fn a_batch_leaves_monitors_as_sequential_applies_do() {
+    let (one_by_one, batched, t) = twin_stores("batch-seq", "batch-bat").await;
     let beats = [
         ("a", beat(1, t + 1, BeatStatus::Up)),
         ("b", beat(2, t + 2, BeatStatus::Up)),
@@ -247,13 +255,8 @@ async fn a_batch_leaves_monitors_as_sequential_applies_do() {
 async fn a_caching_store_applies_beats_as_sequential_applies_do() {
     // The evaluator's store keeps the monitors it wrote: from the second
     // batch on it steps them from its copy instead of reading them.
-    let (one_by_one, cached) = (TestStore::new("cache-seq"), TestStore::new("cache-bat"));
+    let (one_by_one, cached, t) = twin_stores("cache-seq", "cache-bat").await;
     let cache = cached.store.clone().with_cache(1000);
-    let t = now_ms();
-    for s in [&one_by_one, &cached] {
-        s.monitor("a", 60, t).await;
-        s.monitor("b", 60, t).await;
-    }
     let beats = [
         ("a", beat(1, t + 1, BeatStatus::Up)),
         ("b", beat(2, t + 2, BeatStatus::Up)),
