@@ -81,6 +81,9 @@ pub enum Command {
     /// Redis bytes per monitor and per stored beat; resident memory of each
     /// service under push load.
     Memory(MemoryArgs),
+    /// Evaluator capacity: a backlog of accepted pushes, drained by 1, 2, …
+    /// evaluator replicas started after it was written.
+    Drain(DrainArgs),
     /// Every mode, one after the other, with its defaults.
     All,
     /// Removes whatever an interrupted run left in the brokers (every
@@ -293,6 +296,45 @@ impl MemoryArgs {
             monitors,
             sample: pick(self.sample, quick, 200, 1000).clamp(1, monitors),
             duration: Duration::from_secs(pick(self.duration, quick, 3, 20).max(1)),
+            connections: pick(self.connections, quick, 16, 64).max(1),
+        }
+    }
+}
+
+/// `drain` options.
+#[derive(Clone, Debug, Default, Args)]
+pub struct DrainArgs {
+    /// Evaluator replicas, one measurement each [1,2; quick 1,2].
+    #[arg(long, value_delimiter = ',')]
+    pub replicas: Option<Vec<usize>>,
+    /// Monitors pushed in turn [10000; quick 1000].
+    #[arg(long)]
+    pub monitors: Option<usize>,
+    /// Seconds of push load that write the backlog [10; quick 2].
+    #[arg(long)]
+    pub fill: Option<u64>,
+    /// Connections of that load [64; quick 16].
+    #[arg(long)]
+    pub connections: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct DrainOpts {
+    pub(crate) replicas: Vec<usize>,
+    pub(crate) monitors: usize,
+    pub(crate) fill: Duration,
+    pub(crate) connections: usize,
+}
+
+impl DrainArgs {
+    pub(crate) fn resolve(&self, quick: bool) -> DrainOpts {
+        DrainOpts {
+            replicas: pick(self.replicas.clone(), quick, vec![1, 2], vec![1, 2])
+                .into_iter()
+                .map(|n| n.max(1))
+                .collect(),
+            monitors: pick(self.monitors, quick, 1000, 10_000).max(1),
+            fill: Duration::from_secs(pick(self.fill, quick, 2, 10).max(1)),
             connections: pick(self.connections, quick, 16, 64).max(1),
         }
     }

@@ -4,6 +4,7 @@
 mod burst;
 mod ceilings;
 mod detection;
+mod drain;
 mod memory;
 mod push;
 
@@ -28,6 +29,7 @@ pub(crate) async fn run(env: &Env, command: &Command) -> anyhow::Result<()> {
         Command::Burst(a) => emit(env, &burst::run(env, &a.resolve(quick)).await?)?,
         Command::Detection(a) => emit(env, &detection::run(env, &a.resolve(quick)).await?)?,
         Command::Memory(a) => emit(env, &memory::run(env, &a.resolve(quick)).await?)?,
+        Command::Drain(a) => emit(env, &drain::run(env, &a.resolve(quick)).await?)?,
         Command::All => {
             let (section, push_run) =
                 push::run(env, &crate::cli::PushArgs::default().resolve(quick)).await?;
@@ -40,6 +42,8 @@ pub(crate) async fn run(env: &Env, command: &Command) -> anyhow::Result<()> {
             emit(env, &detection::run(env, &d).await?)?;
             let m = crate::cli::MemoryArgs::default().resolve(quick);
             emit(env, &memory::run(env, &m).await?)?;
+            let d = crate::cli::DrainArgs::default().resolve(quick);
+            emit(env, &drain::run(env, &d).await?)?;
         }
         Command::Clean | Command::ServeTrivial { .. } => unreachable!("handled before"),
     }

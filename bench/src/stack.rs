@@ -293,10 +293,32 @@ impl Drop for Service {
 /// Which services to start.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Spec {
+    /// Evaluator replicas started with the rest (default: `--evaluators`).
+    pub(crate) evaluators: Option<usize>,
     pub(crate) api: bool,
     pub(crate) notifier: bool,
     /// Extra environment for every service.
     pub(crate) env: Vec<(String, String)>,
+}
+
+/// Spawns one `kind` service (`ingest`, `evaluator`, …) of `names` on a
+/// free port.
+fn spawn_kind(env: &Env, names: &Names, spec: &Spec, kind: &'static str) -> anyhow::Result<Service> {
+    let mut vars = env.service_env(names);
+    vars.extend(spec.env.iter().cloned());
+    let port = free_port()?;
+    vars.insert(
+        format!("LIFELINE_{}_ADDR", kind.to_uppercase()),
+        format!("127.0.0.1:{port}"),
+    );
+    Service::spawn(
+        env,
+        kind,
+        &env.bin_dir.join(format!("lifeline-{kind}")),
+        &[],
+        &vars,
+        port,
+    )
 }
 
 /// The running services of one prefix.
@@ -310,43 +332,46 @@ impl Stack {
     /// Starts the services (evaluators first, as `scripts/up` does) and
     /// waits until each answers `/readyz`.
     pub(crate) async fn start(env: &Env, names: &Names, spec: &Spec) -> anyhow::Result<Self> {
-        let mut vars = env.service_env(names);
-        vars.extend(spec.env.iter().cloned());
-        let spawn = |kind: &'static str, var: &str| -> anyhow::Result<Service> {
-            let port = free_port()?;
-            let mut v = vars.clone();
-            v.insert(var.to_owned(), format!("127.0.0.1:{port}"));
-            Service::spawn(
-                env,
-                kind,
-                &env.bin_dir.join(format!("lifeline-{kind}")),
-                &[],
-                &v,
-                port,
-            )
-        };
+        let evaluators = spec.evaluators.unwrap_or(env.evaluator_replicas);
         let mut stack = Self {
-            evaluators: (0..env.evaluator_replicas)
-                .map(|_| spawn("evaluator", "LIFELINE_EVALUATOR_ADDR"))
+            evaluators: (0..evaluators)
+                .map(|_| spawn_kind(env, names, spec, "evaluator"))
                 .collect::<anyhow::Result<_>>()?,
             ingest: Vec::new(),
             others: Vec::new(),
         };
         if spec.notifier {
-            stack
-                .others
-                .push(spawn("notifier", "LIFELINE_NOTIFIER_ADDR")?);
+            stack.others.push(spawn_kind(env, names, spec, "notifier")?);
         }
         stack.ingest = (0..env.ingest_replicas)
-            .map(|_| spawn("ingest", "LIFELINE_INGEST_ADDR"))
+            .map(|_| spawn_kind(env, names, spec, "ingest"))
             .collect::<anyhow::Result<_>>()?;
         if spec.api {
-            stack.others.push(spawn("api", "LIFELINE_API_ADDR")?);
+            stack.others.push(spawn_kind(env, names, spec, "api")?);
         }
         for s in stack.all_mut() {
             s.wait_ready(&env.http, "/readyz").await?;
         }
         Ok(stack)
+    }
+
+    /// Starts `n` more evaluator replicas and waits until they are ready.
+    pub(crate) async fn add_evaluators(
+        &mut self,
+        env: &Env,
+        names: &Names,
+        spec: &Spec,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        let first = self.evaluators.len();
+        for _ in 0..n {
+            self.evaluators
+                .push(spawn_kind(env, names, spec, "evaluator")?);
+        }
+        for s in &mut self.evaluators[first..] {
+            s.wait_ready(&env.http, "/readyz").await?;
+        }
+        Ok(())
     }
 
     fn all_mut(&mut self) -> impl Iterator<Item = &mut Service> {

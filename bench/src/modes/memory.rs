@@ -172,7 +172,7 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
     let spec = Spec {
         api: true,
         notifier: true,
-        env: Vec::new(),
+        ..Spec::default()
     };
     let mut stack = Stack::start(env, &names, &spec).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
