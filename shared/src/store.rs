@@ -295,6 +295,20 @@ pub struct Store {
     cache: Option<Arc<MonitorCache>>,
 }
 
+/// The positions of `ids`, grouped by shard (in order of first appearance,
+/// each group in the order given).
+fn by_shard<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, id) in ids.enumerate() {
+        let shard = shard_of(id);
+        match groups.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((shard, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
 fn parse<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T> {
     serde_json::from_str(raw).map_err(|error| StoreError::Corrupt {
         key: key.to_owned(),
@@ -474,21 +488,43 @@ impl Store {
         Ok(self.commit_many(&[(id, expected_ver, c)]).await?[0])
     }
 
-    /// [`Store::commit`] for several monitors in one script call (one
-    /// round trip; each monitor's commit stands or fails on its own).
+    /// [`Store::commit`] for several monitors in one round trip: one
+    /// script call per shard among them (a script touches the keys of one
+    /// hash slot only, so that the stack runs on Redis Cluster unchanged),
+    /// pipelined. Each monitor's commit stands or fails on its own.
     async fn commit_many(&self, commits: &[(&str, u64, &Commit<'_>)]) -> Result<Vec<CommitResult>> {
-        let call = self.commit_call(commits);
+        let (groups, pipe) = self.commit_pipe(commits);
         let mut conn = self.conn();
-        let answers: Vec<i64> = match call.query_async(&mut conn).await {
-            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): nothing
-            // ran; load the script and send the call again.
+        let answers: Vec<Vec<i64>> = match pipe.query_async(&mut conn).await {
+            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): load the
+            // script and send the calls again. A call that did run before
+            // the loss meets a version conflict the second time and is
+            // retried from a read, as any conflict.
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 COMMIT.load_async(&mut conn).await?;
-                call.query_async(&mut conn).await?
+                pipe.query_async(&mut conn).await?
             }
             answers => answers?,
         };
-        Ok(answers.into_iter().map(CommitResult::of).collect())
+        let mut out = vec![CommitResult::Conflict; commits.len()];
+        for (group, answers) in groups.iter().zip(answers) {
+            for (&i, answer) in group.iter().zip(answers) {
+                out[i] = CommitResult::of(answer);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The commit script calls for `commits`, one per shard among them, and
+    /// the positions in `commits` that each call covers.
+    fn commit_pipe(&self, commits: &[(&str, u64, &Commit<'_>)]) -> (Vec<Vec<usize>>, redis::Pipeline) {
+        let groups = by_shard(commits.iter().map(|&(id, _, _)| id));
+        let mut pipe = redis::pipe();
+        for group in &groups {
+            let calls: Vec<(&str, u64, &Commit<'_>)> = group.iter().map(|&i| commits[i]).collect();
+            pipe.add_command(self.commit_call(&calls));
+        }
+        (groups, pipe)
     }
 
     /// The `EVALSHA` of the commit script for `commits` (see `COMMIT_LUA`),
@@ -1108,7 +1144,62 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// Redis Cluster refuses a script whose keys lie in several hash slots:
+    /// a batch of monitors from many shards goes out as one call per shard,
+    /// each call's keys sharing its shard's hash tag, every monitor once.
+    #[tokio::test]
+    async fn a_batch_commit_calls_the_script_once_per_shard() {
+        let store = Store::open(
+            "redis://127.0.0.1:6379",
+            Names::new("unit-commit").unwrap(),
+            Caps::default(),
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..600).map(|i| format!("mon{i}")).collect();
+        let state = MonitorState::new(0);
+        let commit = Commit {
+            prior: None,
+            state: &state,
+            cfg: None,
+            beat: None,
+            changes: &[],
+            alerts: &[],
+        };
+        let commits: Vec<(&str, u64, &Commit<'_>)> =
+            ids.iter().map(|id| (id.as_str(), 1, &commit)).collect();
+        let (groups, pipe) = store.commit_pipe(&commits);
+        let shards: BTreeSet<u16> = ids.iter().map(|id| shard_of(id)).collect();
+        assert_eq!(groups.len(), shards.len(), "one call per shard");
+        let mut seen = BTreeSet::new();
+        for (group, cmd) in groups.iter().zip(pipe.cmd_iter()) {
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => b.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let numkeys: usize = std::str::from_utf8(&args[2]).unwrap().parse().unwrap();
+            assert_eq!(numkeys, 5 * group.len());
+            let tags: BTreeSet<String> = args[3..3 + numkeys]
+                .iter()
+                .map(|k| {
+                    let k = std::str::from_utf8(k).unwrap();
+                    k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned()
+                })
+                .collect();
+            assert_eq!(tags.len(), 1, "keys of one call share a hash tag: {tags:?}");
+            for &i in group {
+                assert_eq!(shard_of(&ids[i]), shard_of(&ids[group[0]]));
+                assert!(seen.insert(i), "monitor {i} in two calls");
+            }
+        }
+        assert_eq!(seen.len(), ids.len(), "every monitor committed");
+    }
 
     #[test]
     fn rounds_hold_each_monitor_once_and_keep_its_order() {
