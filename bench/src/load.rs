@@ -140,10 +140,22 @@ pub(crate) async fn closed_loop(
     duration: Duration,
     requests: Arc<Vec<Vec<u8>>>,
 ) -> anyhow::Result<LoadResult> {
+    closed_loop_counted(addrs, connections, duration, requests, Arc::default()).await
+}
+
+/// [`closed_loop`], counting the 200 answers in `accepted` as they come, for
+/// whoever watches the run meanwhile.
+pub(crate) async fn closed_loop_counted(
+    addrs: &[SocketAddr],
+    connections: usize,
+    duration: Duration,
+    requests: Arc<Vec<Vec<u8>>>,
+    accepted: Arc<AtomicU64>,
+) -> anyhow::Result<LoadResult> {
     let addrs = addrs.to_vec();
-    on_own_thread(
-        move || async move { closed_loop_here(&addrs, connections, duration, requests).await },
-    )
+    on_own_thread(move || async move {
+        closed_loop_here(&addrs, connections, duration, requests, accepted).await
+    })
     .await
 }
 
@@ -175,6 +187,7 @@ async fn closed_loop_here(
     connections: usize,
     duration: Duration,
     requests: Arc<Vec<Vec<u8>>>,
+    accepted: Arc<AtomicU64>,
 ) -> anyhow::Result<LoadResult> {
     let conns = connect_all(addrs, connections).await?;
     let next = Arc::new(AtomicU64::new(0));
@@ -188,11 +201,12 @@ async fn closed_loop_here(
     let mut tasks = Vec::with_capacity(connections);
     for (i, conn) in conns.into_iter().enumerate() {
         let addr = addrs[i % addrs.len()];
-        let (requests, next, ok_per_request, per_second) = (
+        let (requests, next, ok_per_request, per_second, accepted) = (
             requests.clone(),
             next.clone(),
             ok_per_request.clone(),
             per_second.clone(),
+            accepted.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latency = Latency::default();
@@ -222,6 +236,7 @@ async fn closed_loop_here(
                         if status == 200 {
                             latency.record(done - sent);
                             ok_per_request[k].fetch_add(1, Ordering::Relaxed);
+                            accepted.fetch_add(1, Ordering::Relaxed);
                             let s = (done - start).as_secs() as usize;
                             if let Some(slot) = per_second.get(s) {
                                 slot.fetch_add(1, Ordering::Relaxed);

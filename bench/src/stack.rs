@@ -303,7 +303,12 @@ pub(crate) struct Spec {
 
 /// Spawns one `kind` service (`ingest`, `evaluator`, …) of `names` on a
 /// free port.
-fn spawn_kind(env: &Env, names: &Names, spec: &Spec, kind: &'static str) -> anyhow::Result<Service> {
+fn spawn_kind(
+    env: &Env,
+    names: &Names,
+    spec: &Spec,
+    kind: &'static str,
+) -> anyhow::Result<Service> {
     let mut vars = env.service_env(names);
     vars.extend(spec.env.iter().cloned());
     let port = free_port()?;

@@ -517,7 +517,10 @@ impl Store {
 
     /// The commit script calls for `commits`, one per shard among them, and
     /// the positions in `commits` that each call covers.
-    fn commit_pipe(&self, commits: &[(&str, u64, &Commit<'_>)]) -> (Vec<Vec<usize>>, redis::Pipeline) {
+    fn commit_pipe(
+        &self,
+        commits: &[(&str, u64, &Commit<'_>)],
+    ) -> (Vec<Vec<usize>>, redis::Pipeline) {
         let groups = by_shard(commits.iter().map(|&(id, _, _)| id));
         let mut pipe = redis::pipe();
         for group in &groups {

@@ -119,7 +119,9 @@ async fn measure(env: &Env, opts: &DrainOpts, replicas: usize) -> anyhow::Result
 
 /// Beats the evaluator replicas counted with `label` (any result if empty).
 async fn processed(env: &Env, stack: &Stack, label: &str) -> anyhow::Result<u64> {
-    Ok(stack.evaluator_metric(&env.http, BEATS_TOTAL, label).await? as u64)
+    Ok(stack
+        .evaluator_metric(&env.http, BEATS_TOTAL, label)
+        .await? as u64)
 }
 
 /// Runs `drain` for each replica count and reports them together.
@@ -172,9 +174,7 @@ pub(crate) async fn run(env: &Env, opts: &DrainOpts) -> anyhow::Result<Section> 
         .and_then(|r| r.cpu.groups.iter().find(|(l, _)| l == "redis-server"))
         .map_or(0.0, |(_, p)| *p);
     let bound = if redis >= 85.0 {
-        format!(
-            "Redis is what bounds it: {redis:.0} % of its one core while one replica drained"
-        )
+        format!("Redis is what bounds it: {redis:.0} % of its one core while one replica drained")
     } else {
         format!("Redis used {redis:.0} % of its one core while one replica drained")
     };

@@ -11,7 +11,13 @@
 //!   200 answers, up to the history cap (100): the pushes were spread over
 //!   the right monitors.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use super::{Record, cpu_groups, verdict};
 use crate::{
@@ -44,6 +50,9 @@ pub(crate) struct PushRun {
     pub(crate) rss: Vec<(String, u64, u64)>,
     /// Applied when the load stopped.
     pub(crate) applied_at_end: u64,
+    /// The evaluator's lag during the load, in beats: the largest and the
+    /// mean of samples of (accepted − applied), each an upper bound.
+    pub(crate) lag: Lag,
     /// Applied after draining, and how long the drain took (None: not
     /// drained within the limit).
     pub(crate) applied: u64,
@@ -61,6 +70,36 @@ impl PushRun {
             && self.history_mismatches == 0
     }
 }
+
+/// The evaluator's lag behind the accepted pushes, sampled during a load.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lag {
+    pub(crate) max: u64,
+    pub(crate) mean: f64,
+    pub(crate) samples: u64,
+}
+
+/// Samples (accepted − applied) every [`LAG_EVERY`] until `done` is set:
+/// `applied` is read first, so each sample is an upper bound.
+async fn sample_lag(env: &Env, stack: &Stack, accepted: &AtomicU64, done: &AtomicBool) -> Lag {
+    let mut lag = Lag::default();
+    let mut sum = 0u64;
+    while !done.load(Ordering::Acquire) {
+        tokio::time::sleep(LAG_EVERY).await;
+        let Ok(a) = applied(env, stack).await else {
+            continue;
+        };
+        let behind = accepted.load(Ordering::Relaxed).saturating_sub(a);
+        lag.max = lag.max.max(behind);
+        sum += behind;
+        lag.samples += 1;
+    }
+    lag.mean = sum as f64 / lag.samples.max(1) as f64;
+    lag
+}
+
+/// How often the lag is sampled during a push load.
+const LAG_EVERY: Duration = Duration::from_millis(250);
 
 /// The request of a push: a body-less POST, as `curl -X POST <push_url>`.
 pub(crate) fn push_requests(tokens: &[String]) -> Arc<Vec<Vec<u8>>> {
@@ -101,13 +140,24 @@ pub(crate) async fn measure(env: &Env, opts: &PushOpts) -> anyhow::Result<PushRu
     );
     let cpu = CpuWatch::start(cpu_groups(Some(&stack)));
     let rss = RssWatch::start(stack.labelled_pids(), Duration::from_millis(500));
-    let load = load::closed_loop(
-        &stack.ingest_addrs(),
-        opts.connections,
-        opts.duration,
-        requests,
-    )
-    .await?;
+    let accepted_so_far = Arc::new(AtomicU64::new(0));
+    let load_done = AtomicBool::new(false);
+    let (load, lag) = tokio::join!(
+        async {
+            let r = load::closed_loop_counted(
+                &stack.ingest_addrs(),
+                opts.connections,
+                opts.duration,
+                requests,
+                accepted_so_far.clone(),
+            )
+            .await;
+            load_done.store(true, Ordering::Release);
+            r
+        },
+        sample_lag(env, &stack, &accepted_so_far, &load_done),
+    );
+    let load = load?;
     let cpu = cpu.stop();
     let rss = rss.stop();
     stack.check_alive()?;
@@ -145,6 +195,7 @@ pub(crate) async fn measure(env: &Env, opts: &PushOpts) -> anyhow::Result<PushRu
         cpu,
         rss,
         applied_at_end,
+        lag,
         applied,
         drained_after,
         other_results: all.saturating_sub(applied),
@@ -256,8 +307,12 @@ pub(crate) fn describe(env: &Env, r: &PushRun) -> String {
     t.row([
         "evaluator during the load".to_owned(),
         format!(
-            "applied {}/s; {} behind when the load stopped",
+            "applied {}/s; lag (accepted − applied, {} samples every {} ms): max **{}** beats, mean {}; {} behind when the load stopped",
             fmt_rate(r.applied_at_end as f64 / secs.max(1e-9)),
+            r.lag.samples,
+            LAG_EVERY.as_millis(),
+            fmt_int(r.lag.max),
+            fmt_int(r.lag.mean.round() as u64),
             fmt_int(accepted.saturating_sub(r.applied_at_end))
         ),
     ]);
