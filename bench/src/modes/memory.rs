@@ -272,7 +272,7 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
     let body = format!(
         "{}\n* Redis: {} monitors written straight into Redis (see Method), `up` with a deadline.\n\n{}\n\
 Target: ≤ 512 bytes of Redis per monitor for state + deadline — {}.\n\n\
-* Services: resident memory (VmRSS) while ingest and the evaluator took {} accepted pushes/s ({} connections, {} s, p99 {}); the API and notifier idle.\n\n{}\n* CPU during the load: {}\n",
+* Services: resident memory (VmRSS) while ingest and the evaluator took {} accepted pushes/s spread over all {} monitors ({} connections, {} s, p99 {}; each monitor pushes every few seconds, less often than a rate-limit lease lives, so every push asks Redis for a token — the `push` run's 10,000 monitors mostly use leased tokens); the API and notifier idle.\n\n{}\n* CPU during the load: {}\n",
         record.header(env, Some(&cpu)),
         fmt_int(n as u64),
         t.markdown(),
@@ -282,6 +282,7 @@ Target: ≤ 512 bytes of Redis per monitor for state + deadline — {}.\n\n\
             verdict(met)
         },
         fmt_rate(load.ok_rate()),
+        fmt_int(n as u64),
         opts.connections,
         opts.duration.as_secs(),
         crate::histogram::fmt_duration(s.p99),
