@@ -101,8 +101,8 @@ async fn measure(env: &Env, opts: &DrainOpts, replicas: usize) -> anyhow::Result
     let drain = done.zip(first).map(|(end, first)| end - first);
     // Anything applied beyond the backlog shows after a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let processed = processed(env, &stack, "").await?;
-    let late = self::processed(env, &stack, "result=\"late\"").await?;
+    let total = processed(env, &stack, "").await?;
+    let late = processed(env, &stack, "result=\"late\"").await?;
     stack.check_alive()?;
     drop(stack);
     env.release(&names).await;
@@ -111,7 +111,7 @@ async fn measure(env: &Env, opts: &DrainOpts, replicas: usize) -> anyhow::Result
         backlog,
         start,
         drain,
-        processed,
+        processed: total,
         late,
         cpu,
     })
