@@ -62,8 +62,9 @@ impl Table {
 /// One mode's results.
 #[derive(Clone, Debug)]
 pub(crate) struct Section {
-    /// The mode: names the section's markers.
-    pub(crate) key: &'static str,
+    /// The mode (and its replicas, when not one each): names the
+    /// section's markers.
+    pub(crate) key: String,
     /// Its heading.
     pub(crate) title: String,
     /// Markdown: the tables and notes.
@@ -80,7 +81,7 @@ fn markers(key: &str) -> (String, String) {
 impl Section {
     /// The section with its markers, as it goes into the file.
     pub(crate) fn markdown(&self) -> String {
-        let (start, end) = markers(self.key);
+        let (start, end) = markers(&self.key);
         format!(
             "{start}\n## {}\n\n{}\n{end}\n",
             self.title,
@@ -120,7 +121,7 @@ pub(crate) fn write_section(path: &Path, section: &Section) -> std::io::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => NEW_FILE.to_owned(),
         Err(e) => return Err(e),
     };
-    let updated = replace_section(&doc, section.key, &section.markdown());
+    let updated = replace_section(&doc, &section.key, &section.markdown());
     let tmp = path.with_extension("md.tmp");
     std::fs::write(&tmp, updated)?;
     std::fs::rename(&tmp, path)
@@ -150,7 +151,7 @@ mod tests {
 
     fn section(key: &'static str, body: &str) -> Section {
         Section {
-            key,
+            key: key.into(),
             title: key.to_uppercase(),
             body: body.into(),
         }

@@ -164,7 +164,7 @@ Target: 100,000 accepted and applied within 10 s — {}.\n",
         }
     );
     Ok(Section {
-        key: "burst",
+        key: "burst".into(),
         title: "Burst: every monitor pushes within one second".into(),
         body,
     })

@@ -243,7 +243,7 @@ pub(crate) async fn run(
         cpu.markdown()
     );
     Ok(Section {
-        key: "ceilings",
+        key: "ceilings".into(),
         title: "Ceilings: bare HTTP and raw JetStream".into(),
         body,
     })

@@ -371,7 +371,7 @@ Target at 1,000,000 monitors: p99 ≤ 1 s, max ≤ 2 s — {}.\n",
         }
     );
     Ok(Section {
-        key: "detection",
+        key: "detection".into(),
         title: "Detection delay: deadline to alert job".into(),
         body,
     })

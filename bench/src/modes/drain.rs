@@ -190,7 +190,7 @@ pub(crate) async fn run(env: &Env, opts: &DrainOpts) -> anyhow::Result<Section> 
         base.map_or("–".into(), |b| format!("{:.1}×", b / 30_000.0)),
     );
     Ok(Section {
-        key: "drain",
+        key: "drain".into(),
         title: "Evaluator capacity: a backlog drained by 1, 2 … replicas".into(),
         body,
     })

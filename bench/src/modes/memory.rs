@@ -290,7 +290,7 @@ Target: ≤ 512 bytes of Redis per monitor for state + deadline — {}.\n\n\
         cpu.describe()
     );
     Ok(Section {
-        key: "memory",
+        key: "memory".into(),
         title: "Memory: Redis per monitor and per beat, services' resident memory".into(),
         body,
     })

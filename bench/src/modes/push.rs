@@ -238,12 +238,29 @@ pub(crate) async fn run(env: &Env, opts: &PushOpts) -> anyhow::Result<(Section, 
     );
     Ok((
         Section {
-            key: "push",
-            title: "Push throughput and latency".into(),
+            key: section_key(env),
+            title: if env.ingest_replicas == 1 && env.evaluator_replicas == 1 {
+                "Push throughput and latency".into()
+            } else {
+                format!(
+                    "Push throughput and latency: {} ingest, {} evaluator replicas",
+                    env.ingest_replicas, env.evaluator_replicas
+                )
+            },
             body,
         },
         r,
     ))
+}
+
+/// `push`, or `push-<i>i-<e>e` for a run with other replica counts than one
+/// each, so that such a run has its own section beside the default one.
+fn section_key(env: &Env) -> String {
+    if env.ingest_replicas == 1 && env.evaluator_replicas == 1 {
+        "push".into()
+    } else {
+        format!("push-{}i-{}e", env.ingest_replicas, env.evaluator_replicas)
+    }
 }
 
 /// The tables of a push run.
