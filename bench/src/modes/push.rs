@@ -236,30 +236,23 @@ pub(crate) async fn run(env: &Env, opts: &PushOpts) -> anyhow::Result<(Section, 
         record.header(env, Some(&r.cpu)),
         describe(env, &r)
     );
-    Ok((
-        Section {
-            key: section_key(env),
-            title: if env.ingest_replicas == 1 && env.evaluator_replicas == 1 {
-                "Push throughput and latency".into()
-            } else {
-                format!(
-                    "Push throughput and latency: {} ingest, {} evaluator replicas",
-                    env.ingest_replicas, env.evaluator_replicas
-                )
-            },
-            body,
-        },
-        r,
-    ))
+    let (key, title) = section_names(env);
+    Ok((Section { key, title, body }, r))
 }
 
-/// `push`, or `push-<i>i-<e>e` for a run with other replica counts than one
-/// each, so that such a run has its own section beside the default one.
-fn section_key(env: &Env) -> String {
-    if env.ingest_replicas == 1 && env.evaluator_replicas == 1 {
-        "push".into()
+/// The key and title of a push section: `push`, or `push-<i>i-<e>e` for a
+/// run with other replica counts than one each, so that such a run has its
+/// own section beside the default one.
+fn section_names(env: &Env) -> (String, String) {
+    let (i, e) = (env.ingest_replicas, env.evaluator_replicas);
+    let title = "Push throughput and latency";
+    if i == 1 && e == 1 {
+        ("push".into(), title.into())
     } else {
-        format!("push-{}i-{}e", env.ingest_replicas, env.evaluator_replicas)
+        (
+            format!("push-{i}i-{e}e"),
+            format!("{title}: {i} ingest, {e} evaluator replicas"),
+        )
     }
 }
 
