@@ -5,6 +5,9 @@
 //!
 //! Every name a service creates in NATS, Redis or RabbitMQ comes from
 //! [`names::Names`], so a configurable prefix isolates deployments and tests.
+//!
+//! "Invariant N" in comments across the workspace is the N-th invariant of
+//! `docs/DESIGN.md`.
 
 pub mod amqp;
 pub mod config;
