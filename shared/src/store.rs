@@ -19,6 +19,9 @@
 
 mod cache;
 mod codec;
+mod persistence;
+
+pub use persistence::Persistence;
 
 use std::{
     collections::HashMap,

@@ -104,7 +104,12 @@ pub async fn run(
         public_url = %config.public_url,
         "api listening"
     );
+    let volatile = tokio::spawn({
+        let (store, shutdown) = (state.store.clone(), shutdown.clone());
+        async move { store.warn_if_volatile("api", shutdown).await }
+    });
     lifeline_shared::http::serve(listener, router(state), shutdown).await?;
+    volatile.await?;
     tracing::info!("api stopped");
     Ok(())
 }

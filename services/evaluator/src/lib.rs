@@ -73,6 +73,11 @@ pub async fn run(
     ));
     tracing::info!(%addr, "evaluator ops listening");
 
+    let volatile = tokio::spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move { store.warn_if_volatile("evaluator", shutdown).await }
+    });
+
     let (jobs_tx, jobs_rx) = outbox::Relay::new(50_000, store.clone());
     let relay = tokio::spawn(outbox::relay(publisher.clone(), jobs_tx.clone(), jobs_rx));
     let sweeper = tokio::spawn(outbox::sweep(
@@ -102,6 +107,7 @@ pub async fn run(
     relay.await?;
     sweeper.await?;
     ops.await??;
+    volatile.await?;
     client.drain().await.ok();
     tracing::info!("evaluator stopped");
     Ok(())

@@ -105,6 +105,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .watch(conn, names, watch_shutdown)
             .await
     });
+    let checking = state.inner.store.clone();
+    let check_shutdown = shutdown.clone();
+    tokio::spawn(async move { checking.warn_if_volatile("ingest", check_shutdown).await });
     let pulsing = state.clone();
     tokio::spawn(async move { pulsing.inner.pulser.run(shutdown).await });
     Ok(router(state))

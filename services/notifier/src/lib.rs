@@ -105,6 +105,10 @@ pub async fn run(
     // Stop consuming if the ops server dies, so the process does not run
     // on unobserved.
     let stop = shutdown.child_token();
+    let volatile = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move { store.warn_if_volatile("notifier", stop).await }
+    });
     let router = http::ops_router(ready_check(
         store,
         [alerts_consuming.clone(), deliveries_consuming.clone()],
@@ -137,6 +141,7 @@ pub async fn run(
     );
 
     stop.cancel();
+    volatile.await.context("Redis persistence check")?;
     server
         .await
         .context("ops HTTP server task")?
