@@ -2,14 +2,9 @@
 //! `/readyz`, `/metrics`), serving with graceful shutdown, and the shutdown
 //! signal itself.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::{Arc, OnceLock},
-};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,24 +16,13 @@ pub type Check = (&'static str, Result<(), String>);
 pub type ReadyCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
 
-/// The process-wide Prometheus recorder (installed on first use).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (e.g. in tests):
-            // then this handle renders nothing, which is acceptable there.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
-/// `/healthz` (process up), `/readyz` (dependencies reachable), `/metrics`.
-pub fn ops_router<S: Clone + Send + Sync + 'static>(ready: ReadyCheck) -> Router<S> {
-    let handle = metrics_handle();
+/// `/healthz` (process up), `/readyz` (dependencies reachable), `/metrics`
+/// (the catalogue of [`crate::metric`], with `service`'s build info).
+pub fn ops_router<S: Clone + Send + Sync + 'static>(
+    service: &'static str,
+    ready: ReadyCheck,
+) -> Router<S> {
+    let handle = crate::metric::install(service);
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         .route(

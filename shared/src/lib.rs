@@ -12,6 +12,7 @@
 pub mod amqp;
 pub mod config;
 pub mod http;
+pub mod metric;
 pub mod model;
 pub mod names;
 pub mod nats;

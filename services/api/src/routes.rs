@@ -17,7 +17,10 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use lifeline_shared::http::{ReadyCheck, ops_router};
+use lifeline_shared::{
+    http::{ReadyCheck, ops_router},
+    metric,
+};
 use tracing::Instrument;
 
 use crate::{AppState, auth, error::ApiError};
@@ -77,7 +80,7 @@ pub fn router(state: AppState) -> Router {
         Box::pin(async move { vec![("redis", store.ping().await.map_err(|e| e.to_string()))] })
     });
 
-    api.merge(ops_router(ready))
+    api.merge(ops_router("api", ready))
         .fallback(|| async { ApiError::NotFound("not found") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(track))
@@ -97,7 +100,7 @@ async fn track(req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     metrics::counter!(
-        "lifeline_api_requests_total",
+        metric::API_REQUESTS,
         "method" => method,
         "route" => route,
         "status" => status.to_string(),

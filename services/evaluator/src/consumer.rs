@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
+    metric,
     model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
     names::Names,
     nats,
@@ -246,7 +247,7 @@ fn parse_beats(msg: &jetstream::Message) -> Option<Vec<BeatEvent>> {
         Err(error) => error.to_string(),
     };
     tracing::error!(subject = %msg.subject, error = %problem, "malformed beat message dropped from the stream");
-    metrics::counter!("lifeline_evaluator_beats_total", "result" => "malformed").increment(1);
+    metrics::counter!(metric::EVALUATOR_BEATS, "result" => "malformed").increment(1);
     None
 }
 
@@ -306,7 +307,7 @@ async fn handle_pulse(store: &Store, msg: jetstream::Message) {
                     duration_ms = o.end - o.start,
                     "push path outage recorded: deadlines inside it are extended by its length"
                 );
-                metrics::counter!("lifeline_evaluator_outages_total").increment(1);
+                metrics::counter!(metric::EVALUATOR_OUTAGES).increment(1);
             }
             let _ = msg.ack().await;
         }
@@ -417,7 +418,7 @@ async fn apply_one_by_one(
             Ok(applied) => tally.record(applied, jobs),
             Err(error @ (StoreError::Corrupt { .. } | StoreError::CorruptField { .. })) => {
                 tracing::error!(monitor.id = %id, %error, "beat not applied: the monitor's record does not parse");
-                metrics::counter!("lifeline_evaluator_beats_total", "result" => "corrupt_monitor")
+                metrics::counter!(metric::EVALUATOR_BEATS, "result" => "corrupt_monitor")
                     .increment(1);
             }
             Err(error) => return Err(error),
@@ -463,8 +464,7 @@ impl Drop for Tally {
     fn drop(&mut self) {
         for (result, n) in Self::RESULTS.into_iter().zip(self.0) {
             if n > 0 {
-                metrics::counter!("lifeline_evaluator_beats_total", "result" => result)
-                    .increment(n);
+                metrics::counter!(metric::EVALUATOR_BEATS, "result" => result).increment(n);
             }
         }
     }
@@ -480,8 +480,8 @@ async fn watch_lag(mut consumer: jetstream::consumer::PullConsumer, shutdown: Ca
         }
         match consumer.info().await {
             Ok(info) => {
-                metrics::gauge!("lifeline_evaluator_consumer_pending").set(info.num_pending as f64);
-                metrics::gauge!("lifeline_evaluator_consumer_unacked")
+                metrics::gauge!(metric::EVALUATOR_CONSUMER_PENDING).set(info.num_pending as f64);
+                metrics::gauge!(metric::EVALUATOR_CONSUMER_UNACKED)
                     .set(info.num_ack_pending as f64);
             }
             Err(error) => tracing::debug!(%error, "cannot read the consumer lag"),

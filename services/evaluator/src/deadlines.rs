@@ -32,6 +32,7 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt as _;
 use lifeline_shared::{
+    metric,
     names::shard_of,
     state::Input,
     store::{Applied, Store, StoreError},
@@ -70,7 +71,7 @@ pub(crate) async fn run(
         let now = match store.watermark().await {
             Ok(Some(watermark)) => {
                 let wall = now_ms();
-                metrics::gauge!("lifeline_evaluator_watermark_lag_seconds")
+                metrics::gauge!(metric::EVALUATOR_WATERMARK_LAG)
                     .set((wall - watermark).max(0) as f64 / 1000.0);
                 watermark.min(wall)
             }
@@ -102,8 +103,8 @@ pub(crate) async fn run(
         // Oldest first across shards, so a backlog drains in deadline order.
         due.sort_unstable_by_key(|&(_, deadline)| deadline);
         let oldest = due.first().map_or(now, |&(_, deadline)| deadline);
-        metrics::gauge!("lifeline_evaluator_deadlines_due").set(due.len() as f64);
-        metrics::gauge!("lifeline_evaluator_deadlines_overdue_seconds")
+        metrics::gauge!(metric::EVALUATOR_DEADLINES_DUE).set(due.len() as f64);
+        metrics::gauge!(metric::EVALUATOR_DEADLINES_OVERDUE)
             .set((now - oldest).max(0) as f64 / 1000.0);
         let truncated = truncated(&due);
         let ids: Vec<String> = due.into_iter().map(|(id, _)| id).collect();
@@ -184,7 +185,7 @@ async fn fired(store: &Store, id: &str, applied: Option<Applied>, jobs: &crate::
         .deadline
         .filter(|_| !applied.jobs.is_empty())
     {
-        metrics::histogram!("lifeline_evaluator_detection_delay_seconds")
+        metrics::histogram!(metric::EVALUATOR_DETECTION_DELAY)
             .record((now_ms() - deadline).max(0) as f64 / 1000.0);
     }
     if applied.outcome.changes.is_empty() && applied.outcome.state.deadline.is_none() {

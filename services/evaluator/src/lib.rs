@@ -68,7 +68,7 @@ pub async fn run(
     let addr = ops_listener.local_addr()?;
     let ops = tokio::spawn(http::serve(
         ops_listener,
-        http::ops_router(ready),
+        http::ops_router("evaluator", ready),
         shutdown.clone(),
     ));
     tracing::info!(%addr, "evaluator ops listening");

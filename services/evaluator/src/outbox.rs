@@ -16,7 +16,7 @@ use std::{
 
 use futures::StreamExt as _;
 
-use lifeline_shared::{amqp::Publisher, model::AlertJob, store::Store};
+use lifeline_shared::{amqp::Publisher, metric, model::AlertJob, store::Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,8 @@ async fn publish(publisher: &Publisher, confirmed: &Confirmed, job: &AlertJob) -
     let result = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish_alert(job)).await;
     match result {
         Ok(Ok(())) => {
-            metrics::counter!("lifeline_evaluator_alerts_published_total", "event" => job.event.as_str()).increment(1);
+            metrics::counter!(metric::EVALUATOR_ALERTS_PUBLISHED, "event" => job.event.as_str())
+                .increment(1);
             confirmed.done(job);
             true
         }
@@ -206,7 +207,7 @@ pub(crate) async fn sweep(
             .collect()
             .await;
         still.extend(failed);
-        metrics::gauge!("lifeline_evaluator_outbox_jobs").set(still.len() as f64);
+        metrics::gauge!(metric::EVALUATOR_OUTBOX_JOBS).set(still.len() as f64);
         seen = still;
     }
 }

@@ -140,7 +140,7 @@ fn router(state: AppState) -> Router {
                 .post(push::push)
                 .fallback(error::push_method_not_allowed),
         )
-        .merge(http::ops_router(ready))
+        .merge(http::ops_router("ingest", ready))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(push::MAX_BODY))

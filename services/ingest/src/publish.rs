@@ -18,7 +18,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lifeline_shared::model::{BATCH_MAX_BEATS, BATCH_MAX_BYTES, BeatBatch};
+use lifeline_shared::{
+    metric,
+    model::{BATCH_MAX_BEATS, BATCH_MAX_BYTES, BeatBatch},
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// JetStream publishes awaiting their acknowledgement at once. One, so that
@@ -110,9 +113,9 @@ async fn pack(
             })
             .await;
             drop(slot);
-            metrics::histogram!("lifeline_ingest_publish_seconds")
+            metrics::histogram!(metric::INGEST_PUBLISH_SECONDS)
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("lifeline_ingest_batch_beats").record(size as f64);
+            metrics::histogram!(metric::INGEST_BATCH_BEATS).record(size as f64);
             let result = match acked {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => {

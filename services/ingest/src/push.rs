@@ -22,6 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use lifeline_shared::{
+    metric,
     model::{BeatEvent, BeatStatus, MSG_MAX_BYTES, WIRE_VERSION},
     time::now_ms,
     token,
@@ -182,11 +183,11 @@ pub(crate) async fn push(
     }
     match accept(&state, path, query.as_deref(), &headers, body).await {
         Ok(()) => {
-            metrics::counter!("lifeline_ingest_pushes_total", "result" => "accepted").increment(1);
+            metrics::counter!(metric::INGEST_PUSHES, "result" => "accepted").increment(1);
             Json(json!({"ok": true})).into_response()
         }
         Err(e) => {
-            metrics::counter!("lifeline_ingest_pushes_total", "result" => e.label()).increment(1);
+            metrics::counter!(metric::INGEST_PUSHES, "result" => e.label()).increment(1);
             e.into_response()
         }
     }

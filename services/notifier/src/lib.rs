@@ -109,10 +109,13 @@ pub async fn run(
         let (store, stop) = (store.clone(), stop.clone());
         async move { store.warn_if_volatile("notifier", stop).await }
     });
-    let router = http::ops_router(ready_check(
-        store,
-        [alerts_consuming.clone(), deliveries_consuming.clone()],
-    ));
+    let router = http::ops_router(
+        "notifier",
+        ready_check(
+            store,
+            [alerts_consuming.clone(), deliveries_consuming.clone()],
+        ),
+    );
     let server = {
         let stop = stop.clone();
         tokio::spawn(async move {

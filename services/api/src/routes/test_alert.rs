@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::{Json, extract::State};
 use lifeline_shared::{
+    metric,
     model::{
         AlertEvent, AlertJob, AttemptRecord, DeliveryJob, DeliveryRecord, MonitorRef, Reason,
         WIRE_VERSION,
@@ -71,7 +72,7 @@ fn test_alert(channel_id: &str, now: i64) -> AlertJob {
 }
 
 fn count(outcome: &'static str) {
-    metrics::counter!("lifeline_api_test_alerts_total", "outcome" => outcome).increment(1);
+    metrics::counter!(metric::API_TEST_ALERTS, "outcome" => outcome).increment(1);
 }
 
 /// `POST /api/v1/channels/{id}/test`: 200 with the outcome (also when the
