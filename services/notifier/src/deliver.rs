@@ -50,8 +50,8 @@ use lifeline_shared::{
 
 use crate::{
     channels::{Channels, SendError, Sent, slack},
-    consumer::{Settle, parse_job},
     retry::{RECHECK, RetrySchedule, with_retry_after},
+    settle::{Settle, parse_job},
     summary::Summary,
 };
 

@@ -22,7 +22,7 @@ use lifeline_shared::{
     time::now_ms,
 };
 
-use crate::consumer::{Settle, parse_job};
+use crate::settle::{Settle, parse_job};
 
 /// How long delivery records are kept, as [`Store::put_delivery`] does.
 const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;

@@ -4,7 +4,8 @@
 //!
 //! * [`config`]: the typed configuration; [`retry`]: the retry schedule.
 //! * `consumer`: the two RabbitMQ subscriptions (alerts, deliveries), acks,
-//!   reconnection, shutdown.
+//!   reconnection, shutdown; `settle`: what its workers answer it (ack,
+//!   requeue, reject), so no worker depends on the consumer.
 //! * `fanout`: one alert job to one delivery job per channel.
 //! * `deliver`: one delivery job, one attempt, and where the job goes next
 //!   (done, a delay queue, the dead-letter queue), recorded.
@@ -35,6 +36,7 @@ mod channels;
 mod consumer;
 mod deliver;
 mod fanout;
+mod settle;
 mod summary;
 
 use std::{
