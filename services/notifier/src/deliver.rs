@@ -280,12 +280,9 @@ impl Deliverer {
     /// long after this one did, however long this attempt took.
     async fn hold_rate_slot(&self, url: &str, retry_after: Option<Duration>) {
         let hold = retry_after.map_or(SLACK_PERIOD, |w| w.max(SLACK_PERIOD));
-        let held: Result<(), redis::RedisError> = redis::cmd("SET")
-            .arg(self.names().rate_slot(&slack::destination(url)))
-            .arg(1)
-            .arg("PX")
-            .arg(hold.as_millis() as u64)
-            .query_async(&mut self.store.conn())
+        let held = self
+            .store
+            .hold_rate_slot(&slack::destination(url), hold)
             .await;
         if let Err(e) = held {
             tracing::debug!(error = %e, "could not extend the slack rate-limit slot");

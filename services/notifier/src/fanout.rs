@@ -24,9 +24,6 @@ use lifeline_shared::{
 
 use crate::settle::{Settle, parse_job};
 
-/// How long delivery records are kept, as [`Store::put_delivery`] does.
-const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
-
 /// Turns alert jobs into delivery jobs.
 pub(crate) struct Fanout {
     store: Store,
@@ -95,19 +92,8 @@ impl Fanout {
             error: None,
             next_retry_at: None,
         };
-        let key = self.store.names().delivery(alert_id);
-        let (_expire_set,): (i64,) = redis::pipe()
-            .atomic()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg(channel_id)
-            .arg(serde_json::to_string(&record).expect("records serialize"))
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(RECORD_TTL_SECS)
-            .query_async(&mut self.store.conn())
-            .await?;
-        Ok(())
+        self.store
+            .init_delivery(alert_id, channel_id, &record)
+            .await
     }
 }
