@@ -40,7 +40,7 @@ use std::{
 use lifeline_shared::{
     amqp::{self, AmqpError, Publisher},
     model::{
-        AlertEvent, AttemptOutcome, AttemptRecord, Channel, ChannelKind, DeliveryJob,
+        AlertEvent, AttemptRecord, Channel, ChannelKind, DeliveryJob, DeliveryOutcome,
         DeliveryRecord, Status,
     },
     names::Names,
@@ -54,13 +54,6 @@ use crate::{
     settle::{Settle, parse_job},
     summary::Summary,
 };
-
-/// Record outcome of a delivered alert.
-const SUCCEEDED: &str = "succeeded";
-/// Record outcome of a delivery waiting for its next attempt.
-const RETRYING: &str = "retrying";
-/// Record outcome of a delivery that failed for good.
-const FAILED: &str = "failed";
 
 /// One message per this period per Slack incoming webhook.
 const SLACK_PERIOD: Duration = Duration::from_secs(1);
@@ -200,12 +193,11 @@ impl Deliverer {
         else {
             return Ok(false);
         };
-        let final_ = rec.outcome == SUCCEEDED || rec.outcome == FAILED;
-        if final_ || rec.attempts > job.attempt {
+        if rec.outcome.is_final() || rec.attempts > job.attempt {
             tracing::info!(
                 alert.id = job.alert.alert_id,
                 channel.id = job.channel_id,
-                outcome = rec.outcome,
+                outcome = rec.outcome.as_str(),
                 attempts = rec.attempts,
                 job.attempt = job.attempt,
                 "delivery already handled; dropping this copy"
@@ -338,7 +330,7 @@ impl Deliverer {
             channel_id: job.channel_id.clone(),
             channel_type: kind.to_owned(),
             attempt,
-            outcome: AttemptOutcome::Succeeded,
+            outcome: DeliveryOutcome::Succeeded,
             http_status: None,
             smtp_reply: None,
             error: None,
@@ -346,7 +338,7 @@ impl Deliverer {
             duration_ms,
         };
         let mut record = DeliveryRecord {
-            outcome: SUCCEEDED.into(),
+            outcome: DeliveryOutcome::Succeeded,
             attempts: attempt,
             at,
             http_status: None,
@@ -359,7 +351,7 @@ impl Deliverer {
                 log.smtp_reply = sent.smtp_reply;
                 record.http_status = sent.http_status;
                 self.write(job, &log, &record).await?;
-                count(kind, SUCCEEDED);
+                count(kind, DeliveryOutcome::Succeeded);
                 tracing::info!(
                     alert.id = job.alert.alert_id,
                     monitor.id = job.alert.monitor.id,
@@ -396,11 +388,11 @@ impl Deliverer {
             };
             self.publish_delayed(ch, &next, delay).await?;
             let next_retry_at = at + delay.as_millis() as i64;
-            log.outcome = AttemptOutcome::Retrying;
+            log.outcome = DeliveryOutcome::Retrying;
             log.next_retry_at = Some(next_retry_at);
-            record.outcome = RETRYING.into();
+            record.outcome = DeliveryOutcome::Retrying;
             record.next_retry_at = Some(next_retry_at);
-            count(kind, RETRYING);
+            count(kind, DeliveryOutcome::Retrying);
             tracing::info!(
                 alert.id = job.alert.alert_id,
                 channel.id = job.channel_id,
@@ -436,10 +428,10 @@ impl Deliverer {
             metrics::counter!("lifeline_notifier_dead_lettered_total", "channel_type" => kind)
                 .increment(1);
         }
-        log.outcome = AttemptOutcome::Failed;
-        record.outcome = FAILED.into();
+        log.outcome = DeliveryOutcome::Failed;
+        record.outcome = DeliveryOutcome::Failed;
         self.write(job, &log, &record).await?;
-        count(kind, FAILED);
+        count(kind, DeliveryOutcome::Failed);
         tracing::warn!(
             alert.id = job.alert.alert_id,
             monitor.id = job.alert.monitor.id,
@@ -520,11 +512,11 @@ where
     }
 }
 
-fn count(channel_type: &'static str, outcome: &'static str) {
+fn count(channel_type: &'static str, outcome: DeliveryOutcome) {
     metrics::counter!(
         "lifeline_notifier_deliveries_total",
         "channel_type" => channel_type,
-        "outcome" => outcome
+        "outcome" => outcome.as_str()
     )
     .increment(1);
 }

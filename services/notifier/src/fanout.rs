@@ -17,7 +17,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use lifeline_shared::{
     amqp::Publisher,
-    model::{AlertEvent, AlertJob, DeliveryJob, DeliveryRecord},
+    model::{AlertEvent, AlertJob, DeliveryJob, DeliveryOutcome, DeliveryRecord},
     store::{Store, StoreError},
     time::now_ms,
 };
@@ -85,7 +85,7 @@ impl Fanout {
     /// Writes a `pending` record for (alert, channel) unless one exists.
     async fn init_record(&self, alert_id: &str, channel_id: &str) -> Result<(), StoreError> {
         let record = DeliveryRecord {
-            outcome: "pending".into(),
+            outcome: DeliveryOutcome::Pending,
             attempts: 0,
             at: now_ms(),
             http_status: None,

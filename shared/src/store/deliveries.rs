@@ -137,16 +137,16 @@ mod tests {
     use redis::AsyncCommands;
 
     use super::*;
-    use crate::{names::Names, store::Caps, token::new_id};
+    use crate::{model::DeliveryOutcome, names::Names, store::Caps, token::new_id};
 
     fn store() -> Store {
         let names = Names::new(&format!("unit-deliveries-{}", new_id())).unwrap();
         Store::open("redis://127.0.0.1:6379", names, Caps::default()).unwrap()
     }
 
-    fn record(outcome: &str, attempts: u32) -> DeliveryRecord {
+    fn record(outcome: DeliveryOutcome, attempts: u32) -> DeliveryRecord {
         DeliveryRecord {
-            outcome: outcome.into(),
+            outcome,
             attempts,
             at: 1,
             http_status: None,
@@ -160,10 +160,10 @@ mod tests {
     #[tokio::test]
     async fn a_first_record_never_replaces_one_that_exists() {
         let store = store();
-        let pending = record("pending", 0);
+        let pending = record(DeliveryOutcome::Pending, 0);
         store.init_delivery("a", "c1", &pending).await.unwrap();
         store
-            .put_delivery("a", "c2", &record("succeeded", 1))
+            .put_delivery("a", "c2", &record(DeliveryOutcome::Succeeded, 1))
             .await
             .unwrap();
         store.init_delivery("a", "c2", &pending).await.unwrap();
@@ -181,7 +181,7 @@ mod tests {
             records,
             [
                 ("c1".to_owned(), pending),
-                ("c2".to_owned(), record("succeeded", 1))
+                ("c2".to_owned(), record(DeliveryOutcome::Succeeded, 1))
             ]
         );
     }
