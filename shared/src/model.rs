@@ -441,16 +441,47 @@ impl DeliveryJob {
     }
 }
 
-/// How one delivery attempt ended.
+/// Where delivering one alert to one channel stands: the outcome of a
+/// delivery record ([`DeliveryRecord`]) and of each attempt in the attempt
+/// log ([`AttemptRecord`]). Spelt in snake case in Redis and in the API's
+/// JSON (`pending`, `retrying`, `succeeded`, `failed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    /// Delivered.
-    Succeeded,
+pub enum DeliveryOutcome {
+    /// Fanned out, not attempted yet (a delivery record only, never an
+    /// attempt).
+    Pending,
     /// Failed for now; retried at `next_retry_at`.
     Retrying,
-    /// Failed for good (permanent error or schedule exhausted): dead-lettered.
+    /// Delivered.
+    Succeeded,
+    /// Failed for good (permanent error or schedule exhausted):
+    /// dead-lettered, unless a test alert.
     Failed,
+}
+
+impl DeliveryOutcome {
+    /// The outcome as spelt on the wire: `pending`, `retrying`, `succeeded`
+    /// or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether nothing more happens to the delivery: `succeeded` or `failed`.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for DeliveryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One delivery attempt, as kept in an alert's attempt log.
@@ -464,8 +495,8 @@ pub struct AttemptRecord {
     pub channel_type: String,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
+    /// How it ended: `retrying`, `succeeded` or `failed`.
+    pub outcome: DeliveryOutcome,
     /// HTTP status received, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -485,8 +516,8 @@ pub struct AttemptRecord {
 /// The outcome of delivering one alert to one channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
-    /// `pending`, `retrying`, `succeeded` or `failed`.
-    pub outcome: String,
+    /// Where the delivery stands.
+    pub outcome: DeliveryOutcome,
     /// Attempts made.
     pub attempts: u32,
     /// Time of the last attempt (ms).
@@ -543,6 +574,39 @@ mod tests {
         let v = serde_json::to_value(&st).unwrap();
         assert!(v.get("misses").is_none(), "{v}");
         assert_eq!(serde_json::to_value(Reason::Reminder).unwrap(), "reminder");
+    }
+
+    #[test]
+    fn delivery_outcomes_keep_their_spelling() {
+        for (outcome, spelt) in [
+            (DeliveryOutcome::Pending, "pending"),
+            (DeliveryOutcome::Retrying, "retrying"),
+            (DeliveryOutcome::Succeeded, "succeeded"),
+            (DeliveryOutcome::Failed, "failed"),
+        ] {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), spelt);
+            assert_eq!(
+                (outcome.as_str(), outcome.to_string()),
+                (spelt, spelt.into())
+            );
+        }
+        assert!(DeliveryOutcome::Succeeded.is_final() && DeliveryOutcome::Failed.is_final());
+        assert!(!DeliveryOutcome::Pending.is_final() && !DeliveryOutcome::Retrying.is_final());
+        // Records stored when the outcome was a string decode, and encode,
+        // unchanged.
+        let stored = r#"{"outcome":"retrying","attempts":1,"at":5,"http_status":503,"error":"e","next_retry_at":9}"#;
+        let record: DeliveryRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(record.outcome, DeliveryOutcome::Retrying);
+        assert_eq!(serde_json::to_string(&record).unwrap(), stored);
+        let pending: DeliveryRecord =
+            serde_json::from_str(r#"{"outcome":"pending","attempts":0,"at":5}"#).unwrap();
+        assert_eq!(pending.outcome, DeliveryOutcome::Pending);
+        let attempt: AttemptRecord = serde_json::from_str(
+            r#"{"at":5,"channel_id":"c","channel_type":"webhook","attempt":1,"outcome":"failed","duration_ms":3}"#,
+        )
+        .unwrap();
+        assert_eq!(attempt.outcome, DeliveryOutcome::Failed);
+        assert!(serde_json::from_str::<DeliveryOutcome>(r#""done""#).is_err());
     }
 
     #[test]

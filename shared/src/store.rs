@@ -15,10 +15,12 @@
 //! cache holds, see [`Store::with_cache`]) and one script call committing
 //! them all, per round, each round holding a monitor at most once.
 //! Key layout: [`crate::names`]; the fields of a monitor's hash: the
-//! `codec` submodule.
+//! `codec` submodule; what the notifier writes about deliveries (records,
+//! attempt log, claims, rate-limit slots): the `deliveries` submodule.
 
 mod cache;
 mod codec;
+mod deliveries;
 mod persistence;
 
 pub use persistence::Persistence;
@@ -253,12 +255,6 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return existed
 "#;
 
-// KEYS: claim. ARGV: holder.
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 // KEYS: watermark, outages. ARGV: pulse time, gap (ms), outages kept.
 const PULSE_LUA: &str = r#"
 local w = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -279,10 +275,6 @@ const OUTAGES_KEPT: usize = 1000;
 
 static PULSE: LazyLock<Script> = LazyLock::new(|| Script::new(PULSE_LUA));
 
-/// How long delivery records and attempt logs are kept.
-const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
 static LATE: LazyLock<Script> = LazyLock::new(|| Script::new(LATE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_LUA));
@@ -1071,80 +1063,11 @@ impl Store {
             .collect()
     }
 
-    /// Appends one attempt to an alert's attempt log (kept 30 days).
-    pub async fn append_attempt(
-        &self,
-        alert_id: &str,
-        rec: &crate::model::AttemptRecord,
-    ) -> Result<()> {
-        let key = self.names.attempts(alert_id);
-        let mut conn = self.conn();
-        let _: () = conn.rpush(&key, json(rec)).await?;
-        let _: () = conn.expire(&key, RECORD_TTL_SECS).await?;
-        Ok(())
-    }
-
     /// Every attempt of an alert, oldest first.
     pub async fn attempts(&self, alert_id: &str) -> Result<Vec<crate::model::AttemptRecord>> {
         let key = self.names.attempts(alert_id);
         let raw: Vec<String> = self.conn().lrange(&key, 0, -1).await?;
         raw.iter().map(|r| parse(&key, r)).collect()
-    }
-
-    /// Claims a delivery for `holder` for `ttl`; false if another holds it.
-    pub async fn claim_delivery(
-        &self,
-        delivery_id: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let ok: Option<String> = redis::cmd("SET")
-            .arg(self.names.delivery_claim(delivery_id))
-            .arg(holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(ok.is_some())
-    }
-
-    /// Releases a claim taken by `holder` (another holder's claim is left alone).
-    pub async fn release_delivery(&self, delivery_id: &str, holder: &str) -> Result<()> {
-        let _: i64 = RELEASE
-            .key(self.names.delivery_claim(delivery_id))
-            .arg(holder)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(())
-    }
-
-    /// Takes the rate-limit slot of a destination for `period`; false if it
-    /// was taken less than `period` ago (by any replica).
-    pub async fn take_rate_slot(&self, destination_hash: &str, period: Duration) -> Result<bool> {
-        let ok: Option<String> = redis::cmd("SET")
-            .arg(self.names.rate_slot(destination_hash))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(period.as_millis().max(1) as u64)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(ok.is_some())
-    }
-
-    /// Records the outcome of delivering an alert to a channel (kept 30 days).
-    pub async fn put_delivery(
-        &self,
-        alert_id: &str,
-        channel_id: &str,
-        rec: &crate::model::DeliveryRecord,
-    ) -> Result<()> {
-        let key = self.names.delivery(alert_id);
-        let mut conn = self.conn();
-        let _: () = conn.hset(&key, channel_id, json(rec)).await?;
-        let _: () = conn.expire(&key, RECORD_TTL_SECS).await?;
-        Ok(())
     }
 }
 

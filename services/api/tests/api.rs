@@ -10,8 +10,8 @@ use lifeline_api::Config;
 use lifeline_shared::{
     amqp,
     model::{
-        AlertEvent, AttemptOutcome, AttemptRecord, BeatRecord, BeatStatus, ChannelKind,
-        DeliveryJob, DeliveryRecord, Reason,
+        AlertEvent, AttemptRecord, BeatRecord, BeatStatus, ChannelKind, DeliveryJob,
+        DeliveryOutcome, DeliveryRecord, Reason,
     },
     names::{Names, shard_of},
     state::Input,
@@ -1213,7 +1213,7 @@ async fn history_is_newest_first_with_deliveries() {
 
     let alert_id = format!("{id}.2");
     let rec = DeliveryRecord {
-        outcome: "succeeded".into(),
+        outcome: DeliveryOutcome::Succeeded,
         attempts: 2,
         at: t + 3000,
         http_status: Some(200),
@@ -1226,7 +1226,7 @@ async fn history_is_newest_first_with_deliveries() {
         channel_id: ch.clone(),
         channel_type: "webhook".into(),
         attempt: 1,
-        outcome: AttemptOutcome::Retrying,
+        outcome: DeliveryOutcome::Retrying,
         http_status: Some(503),
         smtp_reply: None,
         error: Some("HTTP 503".into()),
@@ -1236,7 +1236,7 @@ async fn history_is_newest_first_with_deliveries() {
     let second = AttemptRecord {
         at: t + 3000,
         attempt: 2,
-        outcome: AttemptOutcome::Succeeded,
+        outcome: DeliveryOutcome::Succeeded,
         http_status: Some(200),
         error: None,
         next_retry_at: None,
@@ -1456,7 +1456,7 @@ async fn a_test_alert_is_queued_for_a_notifier_and_answers_its_outcome() {
             channel_id: ch.clone(),
             channel_type: "webhook".into(),
             attempt: 1,
-            outcome: AttemptOutcome::Succeeded,
+            outcome: DeliveryOutcome::Succeeded,
             http_status: Some(204),
             smtp_reply: None,
             error: None,
@@ -1465,7 +1465,7 @@ async fn a_test_alert_is_queued_for_a_notifier_and_answers_its_outcome() {
         };
         app.store.append_attempt(alert_id, &attempt).await.unwrap();
         let record = DeliveryRecord {
-            outcome: "succeeded".into(),
+            outcome: DeliveryOutcome::Succeeded,
             attempts: 1,
             at,
             http_status: Some(204),
@@ -1525,7 +1525,7 @@ async fn a_failed_test_delivery_answers_200_with_the_reason() {
         // The record first, the attempt a little later: the answer still
         // carries the attempt.
         let record = DeliveryRecord {
-            outcome: "failed".into(),
+            outcome: DeliveryOutcome::Failed,
             attempts: 1,
             at,
             http_status: None,
@@ -1542,7 +1542,7 @@ async fn a_failed_test_delivery_answers_200_with_the_reason() {
             channel_id: ch.clone(),
             channel_type: "email".into(),
             attempt: 1,
-            outcome: AttemptOutcome::Failed,
+            outcome: DeliveryOutcome::Failed,
             http_status: None,
             smtp_reply: Some(reply.into()),
             error: Some(reply.into()),

@@ -1,5 +1,6 @@
 //! The RabbitMQ side: consume a queue, hand each message to its worker, and
-//! settle the message according to what the worker says.
+//! settle the message according to what the worker says (a `Settle`, which
+//! lives in `settle` so that the workers never depend on this module).
 //!
 //! Two consumers run in each notifier, each on its own connection: the
 //! alerts queue (worker: the fan-out) and the deliveries queue (worker: the
@@ -45,14 +46,12 @@ use lapin::{
 };
 use lifeline_shared::{
     amqp::{self, AmqpError},
-    model::WIRE_VERSION,
     names::Names,
 };
-use serde::{Deserialize, de::DeserializeOwned};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{deliver::Deliverer, fanout::Fanout};
+use crate::{deliver::Deliverer, fanout::Fanout, settle::Settle};
 
 /// First pause before reconnecting; doubled after each failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -63,40 +62,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before handing a job back to the queue, so an outage does not
 /// spin jobs through RabbitMQ.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
-/// What to do with a message once its worker is done with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// Done: remove it from the queue.
-    Ack,
-    /// Not done: hand it back to the queue (after a pause).
-    Requeue,
-    /// Not a job: drop it.
-    Reject,
-}
-
-/// Parses a job, or says how to settle a message that is not one: rejected
-/// when malformed, requeued (for a newer notifier) when of a newer version.
-pub(crate) fn parse_job<T: DeserializeOwned>(data: &[u8], what: &str) -> Result<T, Settle> {
-    /// Just the version of a job that does not parse as this version's.
-    #[derive(Deserialize)]
-    struct Versioned {
-        v: u8,
-    }
-    serde_json::from_slice(data).map_err(|e| {
-        if let Ok(Versioned { v }) = serde_json::from_slice(data)
-            && v > WIRE_VERSION
-        {
-            tracing::warn!(
-                job.v = v,
-                "{what} has a newer wire version; handing it back for a newer notifier"
-            );
-            return Settle::Requeue;
-        }
-        tracing::error!(bytes = data.len(), error = %e, "malformed {what}; rejecting it");
-        Settle::Reject
-    })
-}
 
 /// The worker of a queue.
 #[derive(Clone)]

@@ -15,16 +15,17 @@
 //!    one-second delay queue, again without counting an attempt. After the
 //!    attempt the slot is held one more second (or for a 429's
 //!    `Retry-After`), so messages reach Slack at least a second apart.
-//! 4. Make **one attempt**, then
-//!    * success: record `succeeded`;
-//!    * retryable failure with steps left in the schedule: publish the job,
-//!      attempt count + 1, to the delay queue of the next step (for a 429,
-//!      at least its `Retry-After`), record `retrying` with `next_retry_at`;
-//!    * permanent failure (or schedule exhausted): publish the job to the
-//!      dead-letter queue, record `failed`.
-//!
-//!    Test jobs get exactly one attempt: never retried, never dead-lettered.
-//!    Every attempt is appended to the alert's attempt log.
+//! 4. Make **one attempt**, then conclude it in three steps:
+//!    * **decide** (`decide`, a pure function of the attempt's result, the
+//!      job and the retry schedule): succeeded; retry after the schedule's
+//!      next step (for a 429, at least its `Retry-After`); or failed for
+//!      good, permanently or with the schedule exhausted. Test jobs get
+//!      exactly one attempt: never retried, never dead-lettered;
+//!    * **act**: publish the job, attempt count + 1, to the delay queue of
+//!      the retry, or (failed, not a test) to the dead-letter queue;
+//!    * **record** (`record`): append the attempt to the alert's attempt
+//!      log and write the delivery record, `succeeded`, `retrying` with
+//!      `next_retry_at`, or `failed`.
 //!
 //! Ordering makes a crash duplicate rather than lose: the job is published
 //! to its next queue before the record is written, and the message is
@@ -39,10 +40,7 @@ use std::{
 
 use lifeline_shared::{
     amqp::{self, AmqpError, Publisher},
-    model::{
-        AlertEvent, AttemptOutcome, AttemptRecord, Channel, ChannelKind, DeliveryJob,
-        DeliveryRecord, Status,
-    },
+    model::{AlertEvent, Channel, ChannelKind, DeliveryJob, DeliveryOutcome, Status},
     names::Names,
     store::{Store, StoreError},
     time::now_ms,
@@ -50,26 +48,17 @@ use lifeline_shared::{
 
 use crate::{
     channels::{Channels, SendError, Sent, slack},
-    consumer::{Settle, parse_job},
-    retry::{RECHECK, RetrySchedule, with_retry_after},
+    decide::{Attempt, Decision, decide},
+    record::Records,
+    retry::{RECHECK, RetrySchedule},
+    settle::{Settle, parse_job},
     summary::Summary,
 };
-
-/// Record outcome of a delivered alert.
-const SUCCEEDED: &str = "succeeded";
-/// Record outcome of a delivery waiting for its next attempt.
-const RETRYING: &str = "retrying";
-/// Record outcome of a delivery that failed for good.
-const FAILED: &str = "failed";
 
 /// One message per this period per Slack incoming webhook.
 const SLACK_PERIOD: Duration = Duration::from_secs(1);
 /// How long a claim outlives the attempt timeout, for the bookkeeping.
 const CLAIM_MARGIN: Duration = Duration::from_secs(10);
-/// Tries at writing a record before giving up.
-const RECORD_TRIES: u32 = 3;
-/// Pause between those tries.
-const RECORD_PAUSE: Duration = Duration::from_millis(500);
 /// State changes searched for the start of a downtime: as many as a
 /// monitor keeps by default, since down reminders add one each.
 const HISTORY_SEARCHED: usize = 1000;
@@ -200,12 +189,11 @@ impl Deliverer {
         else {
             return Ok(false);
         };
-        let final_ = rec.outcome == SUCCEEDED || rec.outcome == FAILED;
-        if final_ || rec.attempts > job.attempt {
+        if rec.outcome.is_final() || rec.attempts > job.attempt {
             tracing::info!(
                 alert.id = job.alert.alert_id,
                 channel.id = job.channel_id,
-                outcome = rec.outcome,
+                outcome = rec.outcome.as_str(),
                 attempts = rec.attempts,
                 job.attempt = job.attempt,
                 "delivery already handled; dropping this copy"
@@ -280,12 +268,9 @@ impl Deliverer {
     /// long after this one did, however long this attempt took.
     async fn hold_rate_slot(&self, url: &str, retry_after: Option<Duration>) {
         let hold = retry_after.map_or(SLACK_PERIOD, |w| w.max(SLACK_PERIOD));
-        let held: Result<(), redis::RedisError> = redis::cmd("SET")
-            .arg(self.names().rate_slot(&slack::destination(url)))
-            .arg(1)
-            .arg("PX")
-            .arg(hold.as_millis() as u64)
-            .query_async(&mut self.store.conn())
+        let held = self
+            .store
+            .hold_rate_slot(&slack::destination(url), hold)
             .await;
         if let Err(e) = held {
             tracing::debug!(error = %e, "could not extend the slack rate-limit slot");
@@ -324,7 +309,8 @@ impl Deliverer {
             .map(|c| c.at)
     }
 
-    /// Acts on the attempt's result: records it, and moves the job on.
+    /// Concludes an attempt: decides what becomes of the delivery, acts on
+    /// the decision (moves the job on), then records it.
     async fn conclude(
         &self,
         ch: &lapin::Channel,
@@ -335,149 +321,117 @@ impl Deliverer {
     ) -> Result<Settle, DeliverError> {
         let attempt = job.attempt + 1;
         let at = now_ms();
-        let duration_ms = elapsed.as_millis() as u64;
-        let mut log = AttemptRecord {
-            at,
-            channel_id: job.channel_id.clone(),
-            channel_type: kind.to_owned(),
+        let decision = decide(Attempt::of(&result), job.test, attempt, &self.schedule);
+        self.move_on(ch, job, kind, attempt, decision).await?;
+        let records = Records::new(job, kind, attempt, at, elapsed, &result, decision);
+        self.record(job, kind, &result, decision, &records).await?;
+        Ok(Settle::Ack)
+    }
+
+    /// Publishes the job, its attempt count now `attempt`, to where
+    /// `decision` sends it: the delay queue of a retry, or the dead-letter
+    /// queue; nowhere when it succeeded or was a test.
+    async fn move_on(
+        &self,
+        ch: &lapin::Channel,
+        job: &DeliveryJob,
+        kind: &'static str,
+        attempt: u32,
+        decision: Decision,
+    ) -> Result<(), AmqpError> {
+        let next = || DeliveryJob {
             attempt,
-            outcome: AttemptOutcome::Succeeded,
-            http_status: None,
-            smtp_reply: None,
-            error: None,
-            next_retry_at: None,
-            duration_ms,
+            ..job.clone()
         };
-        let mut record = DeliveryRecord {
-            outcome: SUCCEEDED.into(),
-            attempts: attempt,
-            at,
-            http_status: None,
-            error: None,
-            next_retry_at: None,
-        };
-        let error = match result {
-            Ok(sent) => {
-                log.http_status = sent.http_status;
-                log.smtp_reply = sent.smtp_reply;
-                record.http_status = sent.http_status;
-                self.write(job, &log, &record).await?;
-                count(kind, SUCCEEDED);
+        match decision {
+            Decision::Succeeded | Decision::Failed { dead_letter: false } => {}
+            Decision::Retry { after } => self.publish_delayed(ch, &next(), after).await?,
+            Decision::Failed { dead_letter: true } => {
+                self.publisher
+                    .publish_delivery(&self.names().dead_queue(), &next())
+                    .await?;
+                metrics::counter!("lifeline_notifier_dead_lettered_total", "channel_type" => kind)
+                    .increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the records of a decided attempt, counts it and logs it. Only
+    /// a retry, already on its way, survives a record that cannot be
+    /// written. (A delivered attempt is always decided `Succeeded`, a
+    /// failed one never.)
+    async fn record(
+        &self,
+        job: &DeliveryJob,
+        kind: &'static str,
+        result: &Result<Sent, SendError>,
+        decision: Decision,
+        records: &Records,
+    ) -> Result<(), StoreError> {
+        let Records { log, .. } = records;
+        let outcome = decision.outcome();
+        match (result, decision) {
+            (Ok(_), _) => {
+                records.write(&self.store, job).await?;
+                count(kind, outcome);
                 tracing::info!(
                     alert.id = job.alert.alert_id,
                     monitor.id = job.alert.monitor.id,
                     channel.id = job.channel_id,
                     channel.type = kind,
                     delivery.id = job.delivery_id,
-                    attempt,
+                    attempt = log.attempt,
                     http.status = log.http_status,
                     smtp.reply = log.smtp_reply,
-                    duration_ms,
+                    duration_ms = log.duration_ms,
                     "alert delivered"
                 );
-                return Ok(Settle::Ack);
             }
-            Err(error) => error,
-        };
-        log.http_status = error.http_status();
-        log.smtp_reply = error.smtp_reply().map(str::to_owned);
-        log.error = Some(error.to_string());
-        record.http_status = log.http_status;
-        record.error = log.error.clone();
-
-        let delay = if job.test || !error.retryable() {
-            None
-        } else {
-            self.schedule
-                .delay_after(attempt)
-                .map(|step| with_retry_after(step, error.retry_after()))
-        };
-        if let Some(delay) = delay {
-            let next = DeliveryJob {
-                attempt,
-                ..job.clone()
-            };
-            self.publish_delayed(ch, &next, delay).await?;
-            let next_retry_at = at + delay.as_millis() as i64;
-            log.outcome = AttemptOutcome::Retrying;
-            log.next_retry_at = Some(next_retry_at);
-            record.outcome = RETRYING.into();
-            record.next_retry_at = Some(next_retry_at);
-            count(kind, RETRYING);
-            tracing::info!(
-                alert.id = job.alert.alert_id,
-                channel.id = job.channel_id,
-                channel.type = kind,
-                delivery.id = job.delivery_id,
-                attempt,
-                http.status = log.http_status,
-                smtp.reply = log.smtp_reply,
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "alert delivery attempt failed; retrying later"
-            );
-            // The retry is on its way: a lost record is only a missing log line.
-            if let Err(e) = self.write(job, &log, &record).await {
-                tracing::warn!(
+            (Err(error), Decision::Retry { after }) => {
+                count(kind, outcome);
+                tracing::info!(
                     alert.id = job.alert.alert_id,
                     channel.id = job.channel_id,
-                    error = %e,
-                    "could not record the failed attempt; the retry is scheduled regardless"
+                    channel.type = kind,
+                    delivery.id = job.delivery_id,
+                    attempt = log.attempt,
+                    http.status = log.http_status,
+                    smtp.reply = log.smtp_reply,
+                    error = %error,
+                    retry_in_ms = after.as_millis() as u64,
+                    "alert delivery attempt failed; retrying later"
+                );
+                // The retry is on its way: a lost record is only a missing log line.
+                if let Err(e) = records.write(&self.store, job).await {
+                    tracing::warn!(
+                        alert.id = job.alert.alert_id,
+                        channel.id = job.channel_id,
+                        error = %e,
+                        "could not record the failed attempt; the retry is scheduled regardless"
+                    );
+                }
+            }
+            (Err(error), _) => {
+                records.write(&self.store, job).await?;
+                count(kind, outcome);
+                tracing::warn!(
+                    alert.id = job.alert.alert_id,
+                    monitor.id = job.alert.monitor.id,
+                    channel.id = job.channel_id,
+                    channel.type = kind,
+                    delivery.id = job.delivery_id,
+                    attempt = log.attempt,
+                    test = job.test,
+                    retryable = error.retryable(),
+                    http.status = log.http_status,
+                    smtp.reply = log.smtp_reply,
+                    error = %error,
+                    "alert delivery failed for good"
                 );
             }
-            return Ok(Settle::Ack);
         }
-
-        if !job.test {
-            let dead = DeliveryJob {
-                attempt,
-                ..job.clone()
-            };
-            self.publisher
-                .publish_delivery(&self.names().dead_queue(), &dead)
-                .await?;
-            metrics::counter!("lifeline_notifier_dead_lettered_total", "channel_type" => kind)
-                .increment(1);
-        }
-        log.outcome = AttemptOutcome::Failed;
-        record.outcome = FAILED.into();
-        self.write(job, &log, &record).await?;
-        count(kind, FAILED);
-        tracing::warn!(
-            alert.id = job.alert.alert_id,
-            monitor.id = job.alert.monitor.id,
-            channel.id = job.channel_id,
-            channel.type = kind,
-            delivery.id = job.delivery_id,
-            attempt,
-            test = job.test,
-            retryable = error.retryable(),
-            http.status = log.http_status,
-            smtp.reply = log.smtp_reply,
-            error = %error,
-            "alert delivery failed for good"
-        );
-        Ok(Settle::Ack)
-    }
-
-    /// Appends the attempt to the log, then writes the record; a few tries
-    /// each. A lost log line is only logged; a lost record is an error.
-    async fn write(
-        &self,
-        job: &DeliveryJob,
-        log: &AttemptRecord,
-        record: &DeliveryRecord,
-    ) -> Result<(), StoreError> {
-        let alert_id = job.alert.alert_id.as_str();
-        if let Err(e) = retry(|| self.store.append_attempt(alert_id, log)).await {
-            tracing::warn!(
-                alert.id = alert_id,
-                channel.id = job.channel_id,
-                error = %e,
-                "could not append to the attempt log"
-            );
-        }
-        retry(|| self.store.put_delivery(alert_id, &job.channel_id, record)).await
+        Ok(())
     }
 
     /// Publishes `job` to the delay queue of `delay`, declaring it first if
@@ -506,28 +460,11 @@ impl Deliverer {
     }
 }
 
-/// Runs a Redis write up to [`RECORD_TRIES`] times.
-async fn retry<F, Fut>(mut write: F) -> Result<(), StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), StoreError>>,
-{
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match write().await {
-            Ok(()) => return Ok(()),
-            Err(e) if tries >= RECORD_TRIES => return Err(e),
-            Err(_) => tokio::time::sleep(RECORD_PAUSE).await,
-        }
-    }
-}
-
-fn count(channel_type: &'static str, outcome: &'static str) {
+fn count(channel_type: &'static str, outcome: DeliveryOutcome) {
     metrics::counter!(
         "lifeline_notifier_deliveries_total",
         "channel_type" => channel_type,
-        "outcome" => outcome
+        "outcome" => outcome.as_str()
     )
     .increment(1);
 }

@@ -17,15 +17,12 @@ use std::{collections::HashSet, sync::Arc};
 
 use lifeline_shared::{
     amqp::Publisher,
-    model::{AlertEvent, AlertJob, DeliveryJob, DeliveryRecord},
+    model::{AlertEvent, AlertJob, DeliveryJob, DeliveryOutcome, DeliveryRecord},
     store::{Store, StoreError},
     time::now_ms,
 };
 
-use crate::consumer::{Settle, parse_job};
-
-/// How long delivery records are kept, as [`Store::put_delivery`] does.
-const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
+use crate::settle::{Settle, parse_job};
 
 /// Turns alert jobs into delivery jobs.
 pub(crate) struct Fanout {
@@ -88,26 +85,15 @@ impl Fanout {
     /// Writes a `pending` record for (alert, channel) unless one exists.
     async fn init_record(&self, alert_id: &str, channel_id: &str) -> Result<(), StoreError> {
         let record = DeliveryRecord {
-            outcome: "pending".into(),
+            outcome: DeliveryOutcome::Pending,
             attempts: 0,
             at: now_ms(),
             http_status: None,
             error: None,
             next_retry_at: None,
         };
-        let key = self.store.names().delivery(alert_id);
-        let (_expire_set,): (i64,) = redis::pipe()
-            .atomic()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg(channel_id)
-            .arg(serde_json::to_string(&record).expect("records serialize"))
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(RECORD_TTL_SECS)
-            .query_async(&mut self.store.conn())
-            .await?;
-        Ok(())
+        self.store
+            .init_delivery(alert_id, channel_id, &record)
+            .await
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! * [`config`]: the typed configuration; [`retry`]: the retry schedule.
 //! * `consumer`: the two RabbitMQ subscriptions (alerts, deliveries), acks,
-//!   reconnection, shutdown.
+//!   reconnection, shutdown; `settle`: what its workers answer it (ack,
+//!   requeue, reject), so no worker depends on the consumer.
 //! * `fanout`: one alert job to one delivery job per channel.
 //! * `deliver`: one delivery job, one attempt, and where the job goes next
-//!   (done, a delay queue, the dead-letter queue), recorded.
+//!   (done, a delay queue, the dead-letter queue), recorded; `decide`: that
+//!   decision, a pure function; `record`: what an attempt leaves in Redis.
 //! * `channels`: one attempt on one channel type (webhook, email, Slack);
 //!   `summary`: the alert in words, for email and Slack.
 //!
@@ -33,8 +35,11 @@ pub mod retry;
 
 mod channels;
 mod consumer;
+mod decide;
 mod deliver;
 mod fanout;
+mod record;
+mod settle;
 mod summary;
 
 use std::{

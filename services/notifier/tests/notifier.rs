@@ -45,7 +45,7 @@ use lifeline_notifier::{Config, run};
 use lifeline_shared::{
     amqp::{ALERT_ROUTING_KEY, Publisher},
     model::{
-        AlertEvent, AlertJob, AttemptOutcome, AttemptRecord, Channel, ChannelKind, DeliveryJob,
+        AlertEvent, AlertJob, AttemptRecord, Channel, ChannelKind, DeliveryJob, DeliveryOutcome,
         DeliveryRecord, MonitorRef, Reason,
     },
     names::Names,
@@ -488,7 +488,9 @@ impl Harness {
                 .delivery(&job.alert_id, &channel.id)
                 .await
                 .unwrap()
-                .filter(|r| r.outcome == "succeeded" || r.outcome == "failed")
+                .filter(|r| {
+                    r.outcome == DeliveryOutcome::Succeeded || r.outcome == DeliveryOutcome::Failed
+                })
         })
         .await
     }
@@ -680,13 +682,13 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
     let alert = job(&[&hook]);
     h.publish(&alert).await;
     let rec = h.final_record(&alert, &hook).await;
-    assert_eq!(rec.outcome, "succeeded");
+    assert_eq!(rec.outcome, DeliveryOutcome::Succeeded);
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.http_status, Some(200));
     assert_eq!(rec.error, None);
     let log = h.attempts(&alert, &hook).await;
     assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!(log[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(log[0].outcome, DeliveryOutcome::Succeeded);
     assert_eq!(log[0].attempt, 1);
     assert_eq!(log[0].channel_type, "webhook");
     assert_eq!(log[0].http_status, Some(200));
@@ -695,7 +697,10 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
     h.publish(&alert).await;
     let after = job(&[&marker]);
     h.publish(&after).await;
-    assert_eq!(h.final_record(&after, &marker).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&after, &marker).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     wait_for("both alert jobs settled", || async {
         (h.backlog().await == 0).then_some(())
     })
@@ -762,7 +767,10 @@ async fn concurrent_duplicates_deliver_once() {
     let alert = job(&[&hook]);
     h.publish(&alert).await;
     h.publish(&alert).await;
-    assert_eq!(h.final_record(&alert, &hook).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&alert, &hook).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     // The second copy waits for the claim in a delay queue, then is dropped.
     h.wait_quiet().await;
     h.stop().await;
@@ -781,7 +789,7 @@ async fn retries_go_through_delay_queues_with_the_same_webhook_id() {
     let alert = job(&[&hook]);
     h.publish(&alert).await;
     let rec = h.final_record(&alert, &hook).await;
-    assert_eq!(rec.outcome, "succeeded");
+    assert_eq!(rec.outcome, DeliveryOutcome::Succeeded);
     assert_eq!(rec.attempts, 4);
     assert_eq!(rec.http_status, Some(200));
     assert_eq!(rec.error, None);
@@ -791,10 +799,10 @@ async fn retries_go_through_delay_queues_with_the_same_webhook_id() {
     assert_eq!(
         outcomes,
         [
-            (1, AttemptOutcome::Retrying),
-            (2, AttemptOutcome::Retrying),
-            (3, AttemptOutcome::Retrying),
-            (4, AttemptOutcome::Succeeded),
+            (1, DeliveryOutcome::Retrying),
+            (2, DeliveryOutcome::Retrying),
+            (3, DeliveryOutcome::Retrying),
+            (4, DeliveryOutcome::Succeeded),
         ]
     );
     for a in &log[..3] {
@@ -832,14 +840,14 @@ async fn a_404_is_dead_lettered_after_one_attempt() {
     let alert = job(&[&hook]);
     h.publish(&alert).await;
     let rec = h.final_record(&alert, &hook).await;
-    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.outcome, DeliveryOutcome::Failed);
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.http_status, Some(404));
     assert_eq!(rec.error.as_deref(), Some("receiver answered HTTP 404"));
 
     let log = h.attempts(&alert, &hook).await;
     assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!(log[0].outcome, AttemptOutcome::Failed);
+    assert_eq!(log[0].outcome, DeliveryOutcome::Failed);
     assert_eq!(log[0].http_status, Some(404));
     assert_eq!(log[0].next_retry_at, None);
 
@@ -881,7 +889,7 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
     h.publish(&alert).await;
 
     let rec = h.final_record(&alert, &unreachable).await;
-    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.outcome, DeliveryOutcome::Failed);
     assert_eq!(rec.attempts, 4);
     assert_eq!(rec.http_status, None);
     let error = rec.error.expect("an error is recorded");
@@ -891,12 +899,12 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
     );
 
     let rec = h.final_record(&alert, &refusing).await;
-    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.outcome, DeliveryOutcome::Failed);
     assert_eq!(rec.attempts, 4);
     assert_eq!(rec.http_status, Some(503));
 
     let rec = h.final_record(&alert, &missing).await;
-    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.outcome, DeliveryOutcome::Failed);
     assert_eq!(rec.attempts, 1);
     let log = h.attempts(&alert, &missing).await;
     assert_eq!(log.len(), 1);
@@ -946,19 +954,22 @@ async fn test_jobs_get_exactly_one_attempt_and_no_dead_letter() {
         .await
         .unwrap();
     let rec = h.final_record(&alert, &failing).await;
-    assert_eq!(rec.outcome, "failed");
+    assert_eq!(rec.outcome, DeliveryOutcome::Failed);
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.http_status, Some(500));
     let log = h.attempts(&alert, &failing).await;
     assert_eq!(log.len(), 1);
-    assert_eq!(log[0].outcome, AttemptOutcome::Failed);
+    assert_eq!(log[0].outcome, DeliveryOutcome::Failed);
 
     // A test alert through the alerts queue reaches a webhook as `test`.
     let mut other = job(&[&working]);
     other.event = AlertEvent::Test;
     other.reason = Reason::Test;
     h.publish(&other).await;
-    assert_eq!(h.final_record(&other, &working).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&other, &working).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     let hits = rx.hits("working");
     assert_eq!(hits[0].body["event"], "test");
     assert_eq!(hits[0].body["reason"], "test");
@@ -1004,7 +1015,10 @@ async fn malformed_jobs_are_dropped_without_stopping_the_consumers() {
 
     let after = job(&[&hook]);
     h.publish(&after).await;
-    assert_eq!(h.final_record(&after, &hook).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&after, &hook).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     wait_for("every message settled", || async {
         (h.backlog().await == 0).then_some(())
     })
@@ -1048,7 +1062,10 @@ async fn a_redis_outage_keeps_the_job_on_the_queue() {
 
     // Redis is back (a notifier that can reach it): the job is delivered.
     let mut fixed = Harness::start_with(test_config(&prefix)).await;
-    assert_eq!(fixed.final_record(&alert, &hook).await.outcome, "succeeded");
+    assert_eq!(
+        fixed.final_record(&alert, &hook).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     fixed.stop().await;
     assert_eq!(rx.hits("hook").len(), 1);
     assert_eq!(fixed.backlog().await, 0);
@@ -1119,7 +1136,7 @@ async fn email_goes_through_a_real_smtp_server() {
     down.msg = Some("<script>alert('x')</script> & more".into());
     h.publish(&down).await;
     let rec = h.final_record(&down, &mail).await;
-    assert_eq!(rec.outcome, "succeeded", "{rec:?}");
+    assert_eq!(rec.outcome, DeliveryOutcome::Succeeded, "{rec:?}");
     assert_eq!(rec.attempts, 1);
     let log = h.attempts(&down, &mail).await;
     assert_eq!(log[0].channel_type, "email");
@@ -1170,7 +1187,10 @@ async fn email_goes_through_a_real_smtp_server() {
     up.event = AlertEvent::Up;
     up.reason = Reason::Recovered;
     h.publish(&up).await;
-    assert_eq!(h.final_record(&up, &mail).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&up, &mail).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     let subjects: Vec<String> = smtp
         .messages()
         .iter()
@@ -1213,7 +1233,7 @@ async fn smtp_refusals_are_permanent_and_deferrals_retried() {
     assert!(
         log[..3]
             .iter()
-            .all(|a| a.outcome == AttemptOutcome::Retrying)
+            .all(|a| a.outcome == DeliveryOutcome::Retrying)
     );
     assert!(
         log[0].smtp_reply.as_deref().unwrap().starts_with("451"),
@@ -1248,7 +1268,7 @@ async fn slack_honours_retry_after_and_one_message_per_second() {
     let rec = h.final_record(&alert, &limited).await;
     assert_eq!((rec.outcome.as_str(), rec.attempts), ("succeeded", 2));
     let log = h.attempts(&alert, &limited).await;
-    assert_eq!(log[0].outcome, AttemptOutcome::Retrying);
+    assert_eq!(log[0].outcome, DeliveryOutcome::Retrying);
     assert_eq!(log[0].http_status, Some(429));
     assert!(log[0].next_retry_at.unwrap() - log[0].at >= 1000, "{log:?}");
     let hits = rx.hits("limited");
@@ -1283,8 +1303,14 @@ async fn slack_honours_retry_after_and_one_message_per_second() {
     let second = job(&[&busy]);
     h.publish(&first).await;
     h.publish(&second).await;
-    assert_eq!(h.final_record(&first, &busy).await.outcome, "succeeded");
-    assert_eq!(h.final_record(&second, &busy).await.outcome, "succeeded");
+    assert_eq!(
+        h.final_record(&first, &busy).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
+    assert_eq!(
+        h.final_record(&second, &busy).await.outcome,
+        DeliveryOutcome::Succeeded
+    );
     let hits = rx.hits("busy");
     assert_eq!(hits.len(), 2);
     let gap = hits[1].at - hits[0].at;
@@ -1321,8 +1347,8 @@ async fn a_failing_slack_holds_up_neither_email_nor_webhook() {
     let email_rec = h.final_record(&alert, &mail).await;
     let hook_rec = h.final_record(&alert, &hook).await;
     let took = published.elapsed();
-    assert_eq!(email_rec.outcome, "succeeded");
-    assert_eq!(hook_rec.outcome, "succeeded");
+    assert_eq!(email_rec.outcome, DeliveryOutcome::Succeeded);
+    assert_eq!(hook_rec.outcome, DeliveryOutcome::Succeeded);
     assert!(
         took < Duration::from_millis(1500),
         "email and webhook waited for Slack: {took:?}"

@@ -8,7 +8,7 @@
 use axum::{Json, extract::State};
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::model::{
-    AttemptOutcome, AttemptRecord, BeatRecord, BeatStatus, DeliveryRecord, Reason, StateChange,
+    AttemptRecord, BeatRecord, BeatStatus, DeliveryOutcome, DeliveryRecord, Reason, StateChange,
     Status,
 };
 use serde::Serialize;
@@ -48,7 +48,7 @@ impl From<&BeatRecord> for BeatView {
 #[derive(Debug, Serialize)]
 pub(super) struct DeliveryView {
     channel_id: String,
-    outcome: String,
+    outcome: DeliveryOutcome,
     attempts: u32,
     at: String,
     http_status: Option<u16>,
@@ -77,7 +77,7 @@ pub(super) struct AttemptView {
     channel_id: String,
     channel_type: String,
     attempt: u32,
-    outcome: AttemptOutcome,
+    outcome: DeliveryOutcome,
     http_status: Option<u16>,
     smtp_reply: Option<String>,
     error: Option<String>,

@@ -22,8 +22,8 @@ use axum::{Json, extract::State};
 use lifeline_shared::{
     metric,
     model::{
-        AlertEvent, AlertJob, AttemptRecord, DeliveryJob, DeliveryRecord, MonitorRef, Reason,
-        WIRE_VERSION,
+        AlertEvent, AlertJob, AttemptRecord, DeliveryJob, DeliveryOutcome, DeliveryRecord,
+        MonitorRef, Reason, WIRE_VERSION,
     },
     time::now_ms,
     token,
@@ -121,7 +121,7 @@ pub(crate) async fn send(
             return Err(e);
         }
     };
-    count(if record.outcome == "succeeded" {
+    count(if record.outcome == DeliveryOutcome::Succeeded {
         "succeeded"
     } else {
         "failed"
@@ -156,7 +156,7 @@ async fn wait_for_outcome(
     let mut settled: Option<Instant> = None;
     loop {
         if let Some(record) = app.store.delivery(alert_id, channel_id).await?
-            && matches!(record.outcome.as_str(), "succeeded" | "failed")
+            && record.outcome.is_final()
         {
             let attempts: Vec<AttemptRecord> = app
                 .store
