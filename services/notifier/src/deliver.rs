@@ -40,6 +40,7 @@ use std::{
 
 use lifeline_shared::{
     amqp::{self, AmqpError, Publisher},
+    metric,
     model::{AlertEvent, Channel, ChannelKind, DeliveryJob, DeliveryOutcome, Status},
     names::Names,
     store::{Store, StoreError},
@@ -258,7 +259,7 @@ impl Deliverer {
             let wait = result.as_ref().err().and_then(SendError::retry_after);
             self.hold_rate_slot(url, wait).await;
         }
-        metrics::histogram!("lifeline_notifier_delivery_seconds", "channel_type" => kind)
+        metrics::histogram!(metric::NOTIFIER_DELIVERY_SECONDS, "channel_type" => kind)
             .record(elapsed.as_secs_f64());
         self.conclude(ch, job, kind, result, elapsed).await
     }
@@ -350,7 +351,7 @@ impl Deliverer {
                 self.publisher
                     .publish_delivery(&self.names().dead_queue(), &next())
                     .await?;
-                metrics::counter!("lifeline_notifier_dead_lettered_total", "channel_type" => kind)
+                metrics::counter!(metric::NOTIFIER_DEAD_LETTERED, "channel_type" => kind)
                     .increment(1);
             }
         }
@@ -462,7 +463,7 @@ impl Deliverer {
 
 fn count(channel_type: &'static str, outcome: DeliveryOutcome) {
     metrics::counter!(
-        "lifeline_notifier_deliveries_total",
+        metric::NOTIFIER_DELIVERIES,
         "channel_type" => channel_type,
         "outcome" => outcome.as_str()
     )
