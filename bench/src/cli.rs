@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use lifeline_testkit::brokers::{AMQP_URL, NATS_URL, REDIS_URL};
 
 /// Benchmarks a Lifeline stack it starts itself (release binaries, the
 /// machine's NATS, Redis and RabbitMQ) and records the numbers in
@@ -51,15 +52,11 @@ pub struct Global {
     /// against 26.8k–28.1k with two).
     #[arg(long, global = true, default_value_t = 1)]
     pub worker_threads: usize,
-    #[arg(long, global = true, default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, global = true, default_value = NATS_URL)]
     pub nats_url: String,
-    #[arg(long, global = true, default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, global = true, default_value = REDIS_URL)]
     pub redis_url: String,
-    #[arg(
-        long,
-        global = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    #[arg(long, global = true, default_value = AMQP_URL)]
     pub amqp_url: String,
 }
 

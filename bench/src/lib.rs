@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use cli::{Cli, Command};
-use stack::{Brokers, Env};
+use lifeline_testkit::Brokers;
+use stack::Env;
 
 /// The repository root: the nearest directory above `from` holding
 /// `bench/Cargo.toml`.

@@ -8,8 +8,6 @@ mod drain;
 mod memory;
 mod push;
 
-use std::time::Duration;
-
 use crate::{
     cli::Command,
     machine::{self, CpuUsage, Machine},
@@ -111,24 +109,6 @@ impl Record {
         }
         out.push('\n');
         out
-    }
-}
-
-/// Polls `read` every `every` until it returns `Some`, at most `limit`.
-pub(crate) async fn poll<T, F, Fut>(limit: Duration, every: Duration, mut read: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = read().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every).await;
     }
 }
 

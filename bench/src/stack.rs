@@ -5,30 +5,28 @@
 //! Each mode takes a fresh prefix from [`Env::scope`] (`bench-<mode>-<id>`),
 //! so its counters start at zero and nothing it writes mixes with other
 //! users of the brokers. [`Env::release`] deletes what the prefix created —
-//! Redis keys (by `SCAN`, never on a hot path of the services), the NATS
-//! stream, the RabbitMQ queues and exchange — and `lifeline-bench clean`
-//! removes whatever an interrupted run left behind under `bench-*`.
+//! Redis keys, the NATS stream, the RabbitMQ queues and exchange, with the
+//! test kit's clean-up — and `lifeline-bench clean` removes whatever an
+//! interrupted run left behind under `bench-*`. The processes, their logs
+//! and free ports are the test kit's too.
 
 use std::{
     collections::HashMap,
-    fs::File,
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lifeline_shared::names::Names;
+use lifeline_testkit::{Brokers, Proc, Service, free_port};
 
-/// Where the brokers are.
-#[derive(Clone, Debug)]
-pub(crate) struct Brokers {
-    pub(crate) nats_url: String,
-    pub(crate) redis_url: String,
-    pub(crate) amqp_url: String,
-}
+/// How long a service may take to answer `/readyz`.
+pub(crate) const READY_LIMIT: Duration = Duration::from_secs(30);
+/// How long removing a prefix may take (a million monitors' keys take a while).
+const CLEANUP_LIMIT: Duration = Duration::from_secs(300);
 
 /// What every mode shares: brokers, binaries, output, and the prefixes in
 /// use (removed at the end, however the run ends).
@@ -111,7 +109,7 @@ impl Env {
 
     /// Removes everything `names` created in the brokers.
     pub(crate) async fn release(&self, names: &Names) {
-        cleanup(&self.brokers, names).await;
+        self.cleanup(names).await;
         self.prefixes
             .lock()
             .expect("prefix lock")
@@ -122,25 +120,34 @@ impl Env {
     pub(crate) async fn release_all(&self) {
         let all: Vec<Names> = std::mem::take(&mut *self.prefixes.lock().expect("prefix lock"));
         for names in all {
-            cleanup(&self.brokers, &names).await;
+            self.cleanup(&names).await;
+        }
+    }
+
+    /// Removes every Redis key, the NATS stream and the RabbitMQ queues and
+    /// exchange of `names` (best effort, bounded in time).
+    async fn cleanup(&self, names: &Names) {
+        if !lifeline_testkit::cleanup(&self.brokers, names, CLEANUP_LIMIT).await {
+            eprintln!(
+                "bench: cleaning up {} took over {CLEANUP_LIMIT:?}; `lifeline-bench clean` removes the rest",
+                names.prefix()
+            );
         }
     }
 
     /// The environment every service process gets.
     fn service_env(&self, names: &Names) -> HashMap<String, String> {
-        [
-            ("LIFELINE_PREFIX", names.prefix()),
-            ("LIFELINE_NATS_URL", &self.brokers.nats_url),
-            ("LIFELINE_REDIS_URL", &self.brokers.redis_url),
-            ("LIFELINE_AMQP_URL", &self.brokers.amqp_url),
-            ("LIFELINE_API_KEY", "bench-api-key-not-secret"),
-            ("RUST_LOG", &self.service_log),
-            ("NO_COLOR", "1"),
-            ("TOKIO_WORKER_THREADS", &self.worker_threads.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        let mut env = self.brokers.service_env(names);
+        env.extend(
+            [
+                ("LIFELINE_API_KEY", "bench-api-key-not-secret"),
+                ("RUST_LOG", &self.service_log),
+                ("NO_COLOR", "1"),
+                ("TOKIO_WORKER_THREADS", &self.worker_threads.to_string()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        env
     }
 }
 
@@ -172,122 +179,27 @@ fn code_version() -> String {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the child).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// One child process with an HTTP port; killed when dropped.
-pub(crate) struct Service {
-    /// `ingest`, `evaluator`, `api`, `notifier`, `trivial`.
-    pub(crate) kind: &'static str,
-    pub(crate) port: u16,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    /// Starts `program` with `env`, its output in a log file.
-    pub(crate) fn spawn(
-        env: &Env,
-        kind: &'static str,
-        program: &Path,
-        args: &[String],
-        vars: &HashMap<String, String>,
-        port: u16,
-    ) -> anyhow::Result<Self> {
-        let log = env
-            .log_dir
-            .join(format!("{kind}-{port}-{}.log", std::process::id()));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .envs(vars)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (built by `cargo build --release --bins`; scripts/bench does it)",
-                    program.display()
-                )
-            })?;
-        Ok(Self {
-            kind,
-            port,
-            child,
-            log,
-        })
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub(crate) fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The last lines of its log.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// An error if the process has exited.
-    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!(
-                "{} (port {}) exited ({status}); its log {}:\n{}",
-                self.kind,
-                self.port,
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    /// Waits until `GET /readyz` (or `path`) answers 200.
-    pub(crate) async fn wait_ready(
-        &mut self,
-        http: &reqwest::Client,
-        path: &str,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}{path}", self.url());
-        loop {
-            self.check_alive()?;
-            if let Ok(r) = http.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} on port {} not ready after 30 s; its log:\n{}",
-                    self.kind,
-                    self.port,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `program` as service `kind` (`ingest`, `evaluator`, `api`,
+/// `notifier`, `trivial`) on `port`, its output in
+/// `<log_dir>/<kind>-<port>-<pid>.log`; killed when dropped.
+pub(crate) fn spawn(
+    env: &Env,
+    kind: &str,
+    program: &Path,
+    args: &[&str],
+    vars: &HashMap<String, String>,
+    port: u16,
+) -> anyhow::Result<Service> {
+    let log = env
+        .log_dir
+        .join(format!("{kind}-{port}-{}.log", std::process::id()));
+    let proc = Proc::start(kind, program, args, vars, log).with_context(|| {
+        format!(
+            "{} is built by `cargo build --release --bins` (scripts/bench does it)",
+            program.display()
+        )
+    })?;
+    Ok(Service { proc, port })
 }
 
 /// Which services to start.
@@ -311,12 +223,12 @@ fn spawn_kind(
 ) -> anyhow::Result<Service> {
     let mut vars = env.service_env(names);
     vars.extend(spec.env.iter().cloned());
-    let port = free_port()?;
+    let port = free_port();
     vars.insert(
         format!("LIFELINE_{}_ADDR", kind.to_uppercase()),
         format!("127.0.0.1:{port}"),
     );
-    Service::spawn(
+    spawn(
         env,
         kind,
         &env.bin_dir.join(format!("lifeline-{kind}")),
@@ -355,7 +267,7 @@ impl Stack {
             stack.others.push(spawn_kind(env, names, spec, "api")?);
         }
         for s in stack.all_mut() {
-            s.wait_ready(&env.http, "/readyz").await?;
+            s.wait_ready(&env.http, "/readyz", READY_LIMIT).await?;
         }
         Ok(stack)
     }
@@ -374,7 +286,7 @@ impl Stack {
                 .push(spawn_kind(env, names, spec, "evaluator")?);
         }
         for s in &mut self.evaluators[first..] {
-            s.wait_ready(&env.http, "/readyz").await?;
+            s.wait_ready(&env.http, "/readyz", READY_LIMIT).await?;
         }
         Ok(())
     }
@@ -412,9 +324,10 @@ impl Stack {
     pub(crate) fn pid_groups(&self) -> Vec<(String, Vec<u32>)> {
         let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
         for s in self.all() {
-            match groups.iter_mut().find(|(k, _)| k == s.kind) {
-                Some((_, pids)) => pids.push(s.pid()),
-                None => groups.push((s.kind.to_owned(), vec![s.pid()])),
+            let kind = s.proc.label();
+            match groups.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, pids)) => pids.push(s.proc.pid()),
+                None => groups.push((kind.to_owned(), vec![s.proc.pid()])),
             }
         }
         groups
@@ -424,14 +337,14 @@ impl Stack {
     pub(crate) fn labelled_pids(&self) -> Vec<(String, u32)> {
         let mut out = Vec::new();
         for kind in ["ingest", "evaluator", "api", "notifier"] {
-            let of_kind: Vec<&Service> = self.all().filter(|s| s.kind == kind).collect();
+            let of_kind: Vec<&Service> = self.all().filter(|s| s.proc.label() == kind).collect();
             for (i, s) in of_kind.iter().enumerate() {
                 let label = if of_kind.len() > 1 {
                     format!("{kind} #{}", i + 1)
                 } else {
                     kind.to_owned()
                 };
-                out.push((label, s.pid()));
+                out.push((label, s.proc.pid()));
             }
         }
         out
@@ -484,146 +397,15 @@ pub(crate) fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Removes every Redis key, the NATS stream and the RabbitMQ queues and
-/// exchange of `names` (best effort, bounded in time).
-pub(crate) async fn cleanup(brokers: &Brokers, names: &Names) {
-    let limit = Duration::from_secs(300);
-    if tokio::time::timeout(limit, cleanup_inner(brokers, names))
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "bench: cleaning up {} took over {limit:?}; `lifeline-bench clean` removes the rest",
-            names.prefix()
-        );
-    }
-}
-
-async fn cleanup_inner(brokers: &Brokers, names: &Names) {
-    delete_redis_keys(&brokers.redis_url, &names.redis_pattern()).await;
-    if let Ok(Ok(client)) = tokio::time::timeout(
-        Duration::from_secs(3),
-        async_nats::connect(brokers.nats_url.as_str()),
-    )
-    .await
-    {
-        let js = async_nats::jetstream::new(client);
-        let _ = js.delete_stream(names.beats_stream()).await;
-    }
-    // The notifier declares delay queues of its own: list them.
-    let mut queues = rabbit_names("list_queues", &format!("{}.", names.prefix())).await;
-    queues.extend([
-        names.alerts_queue(),
-        names.deliveries_queue(),
-        names.dead_queue(),
-    ]);
-    queues.sort();
-    queues.dedup();
-    delete_amqp(&brokers.amqp_url, &queues, &[names.alerts_exchange()]).await;
-}
-
-/// Names of RabbitMQ queues or exchanges (`what`: `list_queues`,
-/// `list_exchanges`) starting with `prefix`, from `rabbitmqctl` (empty if
-/// it is not available).
-async fn rabbit_names(what: &str, prefix: &str) -> Vec<String> {
-    tokio::process::Command::new("rabbitmqctl")
-        .args([what, "-q", "--no-table-headers", "name"])
-        .stderr(Stdio::null())
-        .output()
-        .await
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|n| n.starts_with(prefix))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `SCAN … MATCH pattern` and `UNLINK` in batches.
-async fn delete_redis_keys(url: &str, pattern: &str) -> u64 {
-    let Ok(client) = redis::Client::open(url) else {
-        return 0;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return 0;
-    };
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, keys)) = r else { break };
-        if !keys.is_empty() {
-            let n: redis::RedisResult<u64> =
-                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
-            deleted += n.unwrap_or(0);
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    deleted
-}
-
-async fn delete_amqp(url: &str, queues: &[String], exchanges: &[String]) {
-    let Ok(Ok(conn)) = tokio::time::timeout(
-        Duration::from_secs(5),
-        lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
-    )
-    .await
-    else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        for q in queues {
-            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-        }
-        for x in exchanges {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), Default::default())
-                .await;
-        }
-    }
-    let _ = conn.close(200, "bench cleanup".into()).await;
-}
-
 /// `lifeline-bench clean`: removes everything under any `bench-*` prefix —
 /// what an interrupted run left behind.
 pub(crate) async fn clean_all(brokers: &Brokers) -> anyhow::Result<()> {
-    let keys = delete_redis_keys(&brokers.redis_url, "bench-*").await;
-    println!("redis: {keys} keys removed");
-    let client = async_nats::connect(brokers.nats_url.as_str()).await?;
-    let js = async_nats::jetstream::new(client);
-    let mut names = js.stream_names();
-    let mut streams = Vec::new();
-    while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
-        if name.starts_with("bench-") {
-            streams.push(name);
-        }
-    }
-    for s in &streams {
-        let _ = js.delete_stream(s).await;
-    }
-    println!("nats: {} streams removed", streams.len());
-    let (queues, exchanges) = (
-        rabbit_names("list_queues", "bench-").await,
-        rabbit_names("list_exchanges", "bench-").await,
-    );
-    delete_amqp(&brokers.amqp_url, &queues, &exchanges).await;
+    let removed = lifeline_testkit::cleanup_all(brokers, "bench-").await?;
+    println!("redis: {} keys removed", removed.keys);
+    println!("nats: {} streams removed", removed.streams);
     println!(
         "rabbitmq: {} queues, {} exchanges removed",
-        queues.len(),
-        exchanges.len()
+        removed.queues, removed.exchanges
     );
     Ok(())
 }

@@ -18,20 +18,25 @@ use lifeline_shared::{
     time::now_ms,
     token,
 };
-
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
+use lifeline_testkit::{Scope, brokers::REDIS_URL};
 
 /// A store under a fresh prefix whose keys are deleted on drop.
 struct TestStore {
     store: Store,
     names: Names,
+    _scope: Scope,
 }
 
 impl TestStore {
     fn new(tag: &str) -> Self {
-        let names = Names::new(&format!("{tag}-{}", token::new_id())).expect("valid prefix");
+        let scope = Scope::new(tag);
+        let names = scope.names().clone();
         let store = Store::open(REDIS_URL, names.clone(), Caps::default()).expect("redis url");
-        Self { store, names }
+        Self {
+            store,
+            names,
+            _scope: scope,
+        }
     }
 
     /// Creates monitor `id` (new, no deadline) with a `timeout` in seconds.
@@ -93,50 +98,6 @@ impl TestStore {
         let mut jobs = self.store.outbox_all().await.expect("outbox");
         jobs.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
         jobs
-    }
-}
-
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        // Drop cannot await: delete on a thread with its own runtime.
-        let pattern = self.names.redis_pattern();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let client = redis::Client::open(REDIS_URL).expect("redis url");
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .expect("redis for cleanup");
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("scan");
-                    if !keys.is_empty() {
-                        let _: () = redis::cmd("DEL")
-                            .arg(&keys)
-                            .query_async(&mut conn)
-                            .await
-                            .expect("del");
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
-                }
-            });
-        })
-        .join();
     }
 }
 

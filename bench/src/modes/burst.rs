@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lifeline_testkit::poll;
+
 use super::{
     Record, cpu_groups,
     push::{applied, push_requests},
@@ -66,7 +68,7 @@ pub(crate) async fn run(env: &Env, opts: &BurstOpts) -> anyhow::Result<Section> 
         let accepted_final = accepted_final.clone();
         let stack = &stack;
         async move {
-            super::poll(limit, Duration::from_millis(50), || async {
+            poll(limit, Duration::from_millis(50), || async {
                 let target = accepted_final.load(Ordering::Acquire).min(n);
                 match applied(env, stack).await {
                     Ok(a) if a >= target => Some(start.elapsed()),

@@ -32,7 +32,7 @@ use crate::{
     load::{self, LoadResult},
     machine::{CpuUsage, CpuWatch},
     report::{Section, Table, fmt_int, fmt_rate},
-    stack::{Env, Service, free_port},
+    stack::{self, Env, READY_LIMIT},
 };
 
 /// One JetStream measurement.
@@ -52,21 +52,20 @@ impl JsRun {
 
 /// Drives the trivial handler.
 async fn trivial(env: &Env, opts: &CeilingOpts) -> anyhow::Result<(LoadResult, CpuUsage)> {
-    let port = free_port()?;
+    let port = lifeline_testkit::free_port();
     let exe = std::env::current_exe()?;
-    let mut server = Service::spawn(
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = stack::spawn(
         env,
         "trivial",
         &exe,
-        &[
-            "serve-trivial".to_owned(),
-            "--addr".to_owned(),
-            format!("127.0.0.1:{port}"),
-        ],
+        &["serve-trivial", "--addr", &addr],
         &Default::default(),
         port,
     )?;
-    server.wait_ready(&env.http, "/healthz").await?;
+    server
+        .wait_ready(&env.http, "/healthz", READY_LIMIT)
+        .await?;
     // The same requests as a push run: distinct 32-character tokens.
     let tokens: Vec<String> = (0..opts.monitors).map(|_| token::generate()).collect();
     let requests = push::push_requests(&tokens);
@@ -77,7 +76,7 @@ async fn trivial(env: &Env, opts: &CeilingOpts) -> anyhow::Result<(LoadResult, C
     );
     let mut groups = cpu_groups(None);
     groups.retain(|(l, _)| l == "lifeline-bench");
-    groups.push(("trivial handler".into(), vec![server.pid()]));
+    groups.push(("trivial handler".into(), vec![server.proc.pid()]));
     let cpu = CpuWatch::start(groups);
     let result =
         load::closed_loop(&[server.addr()], opts.connections, opts.duration, requests).await?;

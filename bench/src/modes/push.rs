@@ -19,6 +19,8 @@ use std::{
     time::Duration,
 };
 
+use lifeline_testkit::poll;
+
 use super::{Record, cpu_groups, verdict};
 use crate::{
     cli::PushOpts,
@@ -169,7 +171,7 @@ pub(crate) async fn measure(env: &Env, opts: &PushOpts) -> anyhow::Result<PushRu
     );
     let ended = std::time::Instant::now();
     let limit = Duration::from_secs(60) + opts.duration * 3;
-    let drained = super::poll(limit, Duration::from_millis(100), || async {
+    let drained = poll(limit, Duration::from_millis(100), || async {
         match applied(env, &stack).await {
             Ok(n) if n >= accepted => Some(n),
             _ => None,

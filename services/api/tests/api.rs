@@ -1,11 +1,11 @@
 //! The management API served on a port-0 listener against the real Redis on
 //! 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672, each test under its own
-//! prefix, its keys and queues deleted on drop.
+//! prefix, its keys and queues deleted on drop (the test kit's `Scope`).
 
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lifeline_api::Config;
 use lifeline_shared::{
     amqp,
@@ -19,6 +19,7 @@ use lifeline_shared::{
     time::{now_ms, rfc3339},
     token,
 };
+use lifeline_testkit::{Scope, brokers::AMQP_URL, listener, wait_for};
 use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -26,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "test-api-key-0123456789";
 const PUBLIC_URL: &str = "http://push.example:8080";
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// One API instance on port 0 with a fresh prefix.
 struct TestApp {
@@ -35,6 +35,8 @@ struct TestApp {
     store: Store,
     names: Names,
     shutdown: CancellationToken,
+    /// Removes the prefix's keys and queues, after `Drop` stopped the API.
+    _scope: Scope,
 }
 
 impl TestApp {
@@ -43,8 +45,8 @@ impl TestApp {
     }
 
     async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let prefix = format!("api-{}", token::new_id());
-        let mut config = Config::local(&prefix, KEY, &format!("{PUBLIC_URL}/"));
+        let scope = Scope::new("api");
+        let mut config = Config::local(scope.prefix(), KEY, &format!("{PUBLIC_URL}/"));
         adjust(&mut config);
         let store = Store::open(
             &config.common.redis_url,
@@ -53,8 +55,8 @@ impl TestApp {
         )
         .unwrap();
         let names = config.common.names.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, addr) = listener().await;
+        let base = format!("http://{addr}");
         let shutdown = CancellationToken::new();
         tokio::spawn(lifeline_api::run(config, listener, shutdown.clone()));
         Self {
@@ -66,6 +68,7 @@ impl TestApp {
             store,
             names,
             shutdown,
+            _scope: scope,
         }
     }
 
@@ -175,76 +178,18 @@ impl Rabbit {
 
     /// Waits (at most 10 s) for the next delivery job (JSON).
     async fn take(&self) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(job) = self.try_take().await {
-                return job;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no delivery job was published"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for(
+            Duration::from_secs(10),
+            "a delivery job to be published",
+            || self.try_take(),
+        )
+        .await
     }
-}
-
-/// Deletes the prefix's queues and exchange (best effort). Runs on a thread
-/// of its own, with its own runtime, since `Drop` cannot await.
-fn delete_rabbitmq_names(names: Names) {
-    let cleanup = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(conn) = amqp::connect(AMQP_URL).await else {
-                return;
-            };
-            for queue in [
-                names.alerts_queue(),
-                names.deliveries_queue(),
-                names.dead_queue(),
-            ] {
-                // A channel per deletion: an error closes the channel.
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-            }
-            if let Ok(ch) = conn.create_channel().await {
-                let _ = ch
-                    .exchange_delete(names.alerts_exchange().as_str().into(), Default::default())
-                    .await;
-            }
-            let _ = conn.close(200, "cleaned up".into()).await;
-        });
-    });
-    let _ = cleanup.join();
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        delete_rabbitmq_names(self.names.clone());
-        // Best effort: delete every key of this test's prefix.
-        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> =
-            match redis::Commands::scan_match(&mut conn, self.names.redis_pattern()) {
-                Ok(iter) => iter.filter_map(Result::ok).collect(),
-                Err(_) => return,
-            };
-        for key in keys {
-            let _: Result<(), _> = redis::Commands::del(&mut conn, key);
-        }
     }
 }
 

@@ -4,41 +4,30 @@
 //!
 //! Each test runs the real service in-process ([`lifeline_notifier::run`])
 //! with its own prefix, an ops listener on port 0, HTTP receivers of its own
-//! on port 0 (webhook and Slack) and, where email is involved, a real SMTP
-//! server: Debian's `python3-aiosmtpd`, started as a child process on a free
-//! port with a small handler that writes each message it accepts, decoded,
-//! as JSON. Tests publish alert jobs with the evaluator's publisher and
-//! watch what the receivers get, what Redis records and what RabbitMQ
-//! holds. Retry schedules are shortened to milliseconds. Conditions are
-//! awaited with a deadline; a test's Redis keys, queues (alerts, deliveries,
-//! dead letters, every delay queue) and exchange are removed when its
-//! harness is dropped, even on failure.
+//! on port 0 (webhook and Slack; the test kit's, scripted per path) and,
+//! where email is involved, a real SMTP server: Debian's `python3-aiosmtpd`,
+//! started as a child process on a free port with a small handler that
+//! writes each message it accepts, decoded, as JSON. Tests publish alert
+//! jobs with the evaluator's publisher and watch what the receivers get,
+//! what Redis records and what RabbitMQ holds. Retry schedules are shortened
+//! to milliseconds. Conditions are awaited with a deadline; a test's Redis
+//! keys, queues (alerts, deliveries, dead letters, every delay queue) and
+//! exchange are removed when its harness is dropped, even on failure (the
+//! test kit's clean-up).
 
 use std::{
-    collections::{HashMap, VecDeque},
-    future::Future,
+    collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode, Uri},
-    response::{IntoResponse, Response},
-};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
 use lapin::{
     BasicProperties,
-    options::{
-        BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use lifeline_notifier::{Config, run};
@@ -53,158 +42,22 @@ use lifeline_shared::{
     time::now_ms,
     token::new_id,
 };
+use lifeline_testkit::{
+    Brokers, Hit, Proc, Receiver, Reply, TempDir,
+    brokers::{AMQP_URL, REDIS_URL},
+    cleanup_blocking, free_port, listener, unique_prefix, wait_for,
+};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Longest wait for any condition.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The shortened retry schedule of these tests: 4 attempts.
 const SCHEDULE: &str = "200ms*3";
 
-/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-// --- HTTP receiver (webhooks and Slack) ---
-
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-struct Hit {
-    at: Instant,
-    headers: HeaderMap,
-    raw: Bytes,
-    body: Value,
-}
-
-/// One scripted answer.
-#[derive(Clone, Copy, Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<u64>,
-    delay: Duration,
-}
-
-impl Reply {
-    fn status(status: u16) -> Self {
-        Self {
-            status,
-            retry_after: None,
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-#[derive(Default)]
-struct ReceiverState {
-    hits: Mutex<HashMap<String, Vec<Hit>>>,
-    /// Answers per path, in order; then `fallback`.
-    script: Mutex<HashMap<String, VecDeque<Reply>>>,
-    /// The answer per path once its script is used up; 200 by default.
-    fallback: Mutex<HashMap<String, Reply>>,
-}
-
-/// A local HTTP server recording every request, answering per path.
-struct Receiver {
-    addr: SocketAddr,
-    state: Arc<ReceiverState>,
-    task: JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let state = Arc::new(ReceiverState::default());
-        let app = Router::new().fallback(receive).with_state(state.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { addr, state, task }
-    }
-
-    /// Answers `path` with `replies`, in order, then with `then` for ever.
-    fn script(&self, path: &str, replies: &[Reply], then: Reply) {
-        let path = format!("/{path}");
-        self.state
-            .script
-            .lock()
-            .unwrap()
-            .insert(path.clone(), replies.iter().copied().collect());
-        self.state.fallback.lock().unwrap().insert(path, then);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}/{path}", self.addr)
-    }
-
-    fn hits(&self, path: &str) -> Vec<Hit> {
-        let hits = self.state.hits.lock().unwrap();
-        hits.get(&format!("/{path}")).cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn receive(
-    State(state): State<Arc<ReceiverState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
-    let path = uri.path().to_owned();
-    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    state
-        .hits
-        .lock()
-        .unwrap()
-        .entry(path.clone())
-        .or_default()
-        .push(Hit {
-            at: Instant::now(),
-            headers,
-            raw,
-            body,
-        });
-    let reply = {
-        let next = state
-            .script
-            .lock()
-            .unwrap()
-            .get_mut(&path)
-            .and_then(VecDeque::pop_front);
-        next.or_else(|| state.fallback.lock().unwrap().get(&path).copied())
-            .unwrap_or(Reply::status(200))
-    };
-    tokio::time::sleep(reply.delay).await;
-    let status = StatusCode::from_u16(reply.status).unwrap();
-    match reply.retry_after {
-        Some(secs) => (status, [("retry-after", secs.to_string())]).into_response(),
-        None => status.into_response(),
-    }
-}
+// --- HTTP receivers (webhooks and Slack): the kit's, scripted per path ---
 
 /// Checks a request's Standard Webhooks signature against `secret`.
 fn verify_signature(hit: &Hit, secret: &str) {
@@ -282,10 +135,12 @@ class Capture:
 /// Debian's Python, which `apt-get install python3-aiosmtpd` extends.
 const PYTHON: &str = "/usr/bin/python3";
 
-/// A real SMTP server (aiosmtpd) on a free port, killed on drop.
+/// A real SMTP server (aiosmtpd) on a free port, killed on drop, its mail
+/// directory removed.
 struct SmtpServer {
-    child: Child,
-    dir: PathBuf,
+    // Declared before `dir`: the server dies before its mail is removed.
+    _proc: Proc,
+    dir: TempDir,
     port: u16,
 }
 
@@ -299,16 +154,14 @@ impl SmtpServer {
             "these tests need a real SMTP server: install Debian's python3-aiosmtpd \
              (apt-get install -y python3-aiosmtpd) so that {PYTHON} can import aiosmtpd"
         );
-        let dir = std::env::temp_dir().join(format!("lifeline-smtp-{}", new_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("lifeline_capture.py"), SMTP_HANDLER).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(PYTHON)
-            .args([
+        let dir = TempDir::new("smtp");
+        std::fs::write(dir.path().join("lifeline_capture.py"), SMTP_HANDLER).unwrap();
+        let port = free_port();
+        let path = dir.path().to_string_lossy().into_owned();
+        let proc = Proc::spawn(
+            "aiosmtpd",
+            Path::new(PYTHON),
+            &[
                 "-m",
                 "aiosmtpd",
                 "-n",
@@ -316,15 +169,16 @@ impl SmtpServer {
                 &format!("127.0.0.1:{port}"),
                 "-c",
                 "lifeline_capture.Capture",
-            ])
-            .arg(&dir)
-            .env("PYTHONPATH", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd");
-        let server = Self { child, dir, port };
-        wait_for("the SMTP server to greet", || async {
+                &path,
+            ],
+            &HashMap::from([("PYTHONPATH".to_owned(), path.clone())]),
+        );
+        let server = Self {
+            _proc: proc,
+            dir,
+            port,
+        };
+        wait_for(DEADLINE, "the SMTP server to greet", || async {
             let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()?;
@@ -345,7 +199,7 @@ impl SmtpServer {
     /// Every message accepted so far.
     fn messages(&self) -> Vec<Value> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).unwrap() {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "json") {
                 out.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap());
@@ -355,20 +209,11 @@ impl SmtpServer {
     }
 }
 
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 // --- the service under test ---
 
 /// A running notifier with its own prefix, and what the test needs around it.
 struct Harness {
     names: Names,
-    queues: Vec<String>,
     store: Store,
     publisher: Publisher,
     ops: SocketAddr,
@@ -390,24 +235,20 @@ fn test_config(prefix: &str) -> Config {
 impl Harness {
     /// Starts a notifier on a fresh prefix; `tweak` adjusts its config.
     async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
-        let prefix = format!("ntf-{}", new_id());
-        let mut config = test_config(&prefix);
+        let mut config = test_config(&unique_prefix("ntf"));
         tweak(&mut config);
         Self::start_with(config).await
     }
 
     async fn start_with(config: Config) -> Self {
         let names = config.common.names.clone();
-        let queues = config.queues();
         let store = Store::open(REDIS_URL, names.clone(), Caps::default()).unwrap();
         let publisher = Publisher::new(AMQP_URL, names.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ops = listener.local_addr().unwrap();
+        let (listener, ops) = listener().await;
         let shutdown = CancellationToken::new();
         let service = tokio::spawn(run(config, listener, shutdown.clone()));
         Self {
             names,
-            queues,
             store,
             publisher,
             ops,
@@ -483,7 +324,7 @@ impl Harness {
 
     /// The record of (alert, channel) once it is final.
     async fn final_record(&self, job: &AlertJob, channel: &Channel) -> DeliveryRecord {
-        wait_for("a final delivery record", || async {
+        wait_for(DEADLINE, "a final delivery record", || async {
             self.store
                 .delivery(&job.alert_id, &channel.id)
                 .await
@@ -552,7 +393,7 @@ impl Harness {
     /// delay queue cannot be missed.
     async fn wait_quiet(&self) {
         let quiet_since = std::cell::Cell::new(None::<Instant>);
-        wait_for("the queues to stay empty", || async {
+        wait_for(DEADLINE, "the queues to stay empty", || async {
             let busy = self.backlog().await + self.queued(&self.names.retry_queue(1000)).await;
             if busy > 0 {
                 quiet_since.set(None);
@@ -584,55 +425,9 @@ impl Drop for Harness {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let names = self.names.clone();
-        let queues = self.queues.clone();
         // Best effort, on a runtime of its own so it also runs after a panic.
-        let cleaned = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(clean_up(names, queues))
-        })
-        .join();
-        if let Ok(Err(e)) = cleaned {
-            eprintln!("clean-up failed: {e}");
-        }
+        cleanup_blocking(&Brokers::local(), &self.names);
     }
-}
-
-async fn clean_up(names: Names, queues: Vec<String>) -> anyhow::Result<()> {
-    let client = redis::Client::open(REDIS_URL)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(names.redis_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let amqp = lifeline_shared::amqp::connect(AMQP_URL).await?;
-    let ch = amqp.create_channel().await?;
-    for queue in &queues {
-        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    ch.exchange_delete(
-        names.alerts_exchange().as_str().into(),
-        ExchangeDeleteOptions::default(),
-    )
-    .await?;
-    let _ = amqp.close(200, "bye".into()).await;
-    Ok(())
 }
 
 fn job(channels: &[&Channel]) -> AlertJob {
@@ -676,8 +471,8 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
     // Prefetch 1: jobs are handled one after the other.
     let mut h = Harness::start(|c| c.prefetch = 1).await;
     let rx = Receiver::start().await;
-    let hook = h.webhook(&rx.url("hook")).await;
-    let marker = h.webhook(&rx.url("marker")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
+    let marker = h.webhook(&rx.url_for("marker")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
@@ -701,12 +496,12 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
         h.final_record(&after, &marker).await.outcome,
         DeliveryOutcome::Succeeded
     );
-    wait_for("both alert jobs settled", || async {
+    wait_for(DEADLINE, "both alert jobs settled", || async {
         (h.backlog().await == 0).then_some(())
     })
     .await;
 
-    let hits = rx.hits("hook");
+    let hits = rx.requests("hook");
     assert_eq!(hits.len(), 1, "{hits:?}");
     let hit = &hits[0];
     assert_eq!(
@@ -732,7 +527,7 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
 
     // Ops routes.
     assert_eq!(h.get("/healthz").await.0, 200);
-    let ready = wait_for("/readyz to answer 200", || async {
+    let ready = wait_for(DEADLINE, "/readyz to answer 200", || async {
         let (status, body) = h.get("/readyz").await;
         (status == 200).then_some(body)
     })
@@ -746,7 +541,7 @@ async fn a_webhook_gets_one_signed_post_with_the_documented_payload() {
 
     h.stop().await;
     assert_eq!(h.backlog().await, 0);
-    assert_eq!(rx.hits("hook").len(), 1);
+    assert_eq!(rx.requests("hook").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +557,7 @@ async fn concurrent_duplicates_deliver_once() {
             ..Reply::status(200)
         },
     );
-    let hook = h.webhook(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
@@ -775,7 +570,7 @@ async fn concurrent_duplicates_deliver_once() {
     h.wait_quiet().await;
     h.stop().await;
     assert_eq!(h.backlog().await, 0);
-    assert_eq!(rx.hits("hook").len(), 1);
+    assert_eq!(rx.requests("hook").len(), 1);
     assert_eq!(h.attempts(&alert, &hook).await.len(), 1);
 }
 
@@ -784,7 +579,7 @@ async fn retries_go_through_delay_queues_with_the_same_webhook_id() {
     let mut h = Harness::start(|_| {}).await;
     let rx = Receiver::start().await;
     rx.script("hook", &[Reply::status(500); 3], Reply::status(200));
-    let hook = h.webhook(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
@@ -813,7 +608,7 @@ async fn retries_go_through_delay_queues_with_the_same_webhook_id() {
     }
     assert_eq!(log[3].next_retry_at, None);
 
-    let hits = rx.hits("hook");
+    let hits = rx.requests("hook");
     assert_eq!(hits.len(), 4);
     let id = delivery_id(&alert, &hook);
     for hit in &hits {
@@ -835,7 +630,7 @@ async fn a_404_is_dead_lettered_after_one_attempt() {
     let mut h = Harness::start(|_| {}).await;
     let rx = Receiver::start().await;
     rx.script("gone", &[], Reply::status(404));
-    let hook = h.webhook(&rx.url("gone")).await;
+    let hook = h.webhook(&rx.url_for("gone")).await;
 
     let alert = job(&[&hook]);
     h.publish(&alert).await;
@@ -859,7 +654,7 @@ async fn a_404_is_dead_lettered_after_one_attempt() {
     assert_eq!(dead[0].alert, alert);
 
     h.stop().await;
-    assert_eq!(rx.hits("gone").len(), 1);
+    assert_eq!(rx.requests("gone").len(), 1);
     assert_eq!(h.backlog().await, 0);
 }
 
@@ -874,12 +669,12 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
         l.local_addr().unwrap()
     };
     let unreachable = h.webhook(&format!("http://{dead_addr}/hook")).await;
-    let refusing = h.webhook(&rx.url("refusing")).await;
+    let refusing = h.webhook(&rx.url_for("refusing")).await;
     let missing = Channel {
         id: new_id(),
         name: "gone".into(),
         kind: ChannelKind::Webhook {
-            url: rx.url("missing"),
+            url: rx.url_for("missing"),
             secret: String::new(),
         },
         created_at: 1,
@@ -931,8 +726,8 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
 
     h.stop().await;
     assert_eq!(h.backlog().await, 0);
-    assert_eq!(rx.hits("refusing").len(), 4);
-    assert!(rx.hits("missing").is_empty());
+    assert_eq!(rx.requests("refusing").len(), 4);
+    assert!(rx.requests("missing").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -940,8 +735,8 @@ async fn test_jobs_get_exactly_one_attempt_and_no_dead_letter() {
     let mut h = Harness::start(|_| {}).await;
     let rx = Receiver::start().await;
     rx.script("failing", &[], Reply::status(500));
-    let failing = h.webhook(&rx.url("failing")).await;
-    let working = h.webhook(&rx.url("working")).await;
+    let failing = h.webhook(&rx.url_for("failing")).await;
+    let working = h.webhook(&rx.url_for("working")).await;
 
     // A test job as the API may publish it: straight to the deliveries queue.
     let mut alert = job(&[&failing]);
@@ -970,12 +765,12 @@ async fn test_jobs_get_exactly_one_attempt_and_no_dead_letter() {
         h.final_record(&other, &working).await.outcome,
         DeliveryOutcome::Succeeded
     );
-    let hits = rx.hits("working");
+    let hits = rx.requests("working");
     assert_eq!(hits[0].body["event"], "test");
     assert_eq!(hits[0].body["reason"], "test");
 
     h.stop().await;
-    assert_eq!(rx.hits("failing").len(), 1, "never retried");
+    assert_eq!(rx.requests("failing").len(), 1, "never retried");
     assert!(h.dead_letters().await.is_empty(), "never dead-lettered");
     assert_eq!(h.backlog().await, 0);
 }
@@ -984,7 +779,7 @@ async fn test_jobs_get_exactly_one_attempt_and_no_dead_letter() {
 async fn malformed_jobs_are_dropped_without_stopping_the_consumers() {
     let mut h = Harness::start(|c| c.prefetch = 1).await;
     let rx = Receiver::start().await;
-    let hook = h.webhook(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
 
     // The exchange exists once the publisher has published.
     let first = job(&[&hook]);
@@ -1019,41 +814,41 @@ async fn malformed_jobs_are_dropped_without_stopping_the_consumers() {
         h.final_record(&after, &hook).await.outcome,
         DeliveryOutcome::Succeeded
     );
-    wait_for("every message settled", || async {
+    wait_for(DEADLINE, "every message settled", || async {
         (h.backlog().await == 0).then_some(())
     })
     .await;
 
     h.stop().await;
     assert_eq!(h.backlog().await, 0, "malformed jobs are not requeued");
-    assert_eq!(rx.hits("hook").len(), 2);
+    assert_eq!(rx.requests("hook").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_keeps_the_job_on_the_queue() {
-    let prefix = format!("ntf-{}", new_id());
+    let prefix = unique_prefix("ntf");
     let rx = Receiver::start().await;
 
     // A notifier whose Redis is unreachable.
     let mut broken = test_config(&prefix);
     broken.common.redis_url = "redis://127.0.0.1:1".into();
     let mut h = Harness::start_with(broken).await;
-    let hook = h.webhook(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
     let alert = job(&[&hook]);
     h.publish(&alert).await;
 
-    let (status, body) = wait_for("/readyz to report redis", || async {
+    let (status, body) = wait_for(DEADLINE, "/readyz to report redis", || async {
         let (status, body) = h.get("/readyz").await;
         body.contains("rabbitmq\":\"ok").then_some((status, body))
     })
     .await;
     assert_eq!(status, 503, "{body}");
-    wait_for("the job taken by the notifier", || async {
+    wait_for(DEADLINE, "the job taken by the notifier", || async {
         (h.queued(&h.names.alerts_queue()).await == 0).then_some(())
     })
     .await;
     h.stop().await;
-    assert!(rx.hits("hook").is_empty());
+    assert!(rx.requests("hook").is_empty());
     assert_eq!(
         h.queued(&h.names.alerts_queue()).await,
         1,
@@ -1067,14 +862,14 @@ async fn a_redis_outage_keeps_the_job_on_the_queue() {
         DeliveryOutcome::Succeeded
     );
     fixed.stop().await;
-    assert_eq!(rx.hits("hook").len(), 1);
+    assert_eq!(rx.requests("hook").len(), 1);
     assert_eq!(fixed.backlog().await, 0);
     drop(h);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_killed_mid_delivery_loses_nothing() {
-    let prefix = format!("ntf-{}", new_id());
+    let prefix = unique_prefix("ntf");
     let config = || {
         let mut c = test_config(&prefix);
         // The dead notifier's claim outlives it by this plus a margin.
@@ -1092,11 +887,11 @@ async fn a_notifier_killed_mid_delivery_loses_nothing() {
         Reply::status(200),
     );
     let mut first = Harness::start_with(config()).await;
-    let hook = first.webhook(&rx.url("hook")).await;
+    let hook = first.webhook(&rx.url_for("hook")).await;
     let alert = job(&[&hook]);
     first.publish(&alert).await;
-    wait_for("the request in flight", || async {
-        (!rx.hits("hook").is_empty()).then_some(())
+    wait_for(DEADLINE, "the request in flight", || async {
+        (!rx.requests("hook").is_empty()).then_some(())
     })
     .await;
     first.kill().await;
@@ -1107,7 +902,7 @@ async fn a_notifier_killed_mid_delivery_loses_nothing() {
     second.wait_quiet().await;
     second.stop().await;
 
-    let hits = rx.hits("hook");
+    let hits = rx.requests("hook");
     assert_eq!(hits.len(), 2, "delivered again, once");
     let id = delivery_id(&alert, &hook);
     for hit in &hits {
@@ -1259,8 +1054,8 @@ async fn slack_honours_retry_after_and_one_message_per_second() {
         }],
         Reply::status(200),
     );
-    let limited = h.slack(&rx.url("limited")).await;
-    let busy = h.slack(&rx.url("busy")).await;
+    let limited = h.slack(&rx.url_for("limited")).await;
+    let busy = h.slack(&rx.url_for("busy")).await;
 
     // A 429 with Retry-After: 1, then 200: one delivery, after the wait.
     let alert = job(&[&limited]);
@@ -1271,7 +1066,7 @@ async fn slack_honours_retry_after_and_one_message_per_second() {
     assert_eq!(log[0].outcome, DeliveryOutcome::Retrying);
     assert_eq!(log[0].http_status, Some(429));
     assert!(log[0].next_retry_at.unwrap() - log[0].at >= 1000, "{log:?}");
-    let hits = rx.hits("limited");
+    let hits = rx.requests("limited");
     assert_eq!(hits.len(), 2);
     let waited = hits[1].at - hits[0].at;
     assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
@@ -1311,7 +1106,7 @@ async fn slack_honours_retry_after_and_one_message_per_second() {
         h.final_record(&second, &busy).await.outcome,
         DeliveryOutcome::Succeeded
     );
-    let hits = rx.hits("busy");
+    let hits = rx.requests("busy");
     assert_eq!(hits.len(), 2);
     let gap = hits[1].at - hits[0].at;
     assert!(gap >= Duration::from_secs(1), "only {gap:?} apart");
@@ -1337,9 +1132,9 @@ async fn a_failing_slack_holds_up_neither_email_nor_webhook() {
             ..Reply::status(500)
         },
     );
-    let slack = h.slack(&rx.url("slack")).await;
+    let slack = h.slack(&rx.url_for("slack")).await;
     let mail = h.email(&["ops@example.com"]).await;
-    let hook = h.webhook(&rx.url("hook")).await;
+    let hook = h.webhook(&rx.url_for("hook")).await;
 
     let alert = job(&[&slack, &mail, &hook]);
     let published = Instant::now();
@@ -1356,11 +1151,11 @@ async fn a_failing_slack_holds_up_neither_email_nor_webhook() {
 
     let rec = h.final_record(&alert, &slack).await;
     assert_eq!((rec.outcome.as_str(), rec.attempts), ("failed", 4));
-    assert_eq!(rx.hits("slack").len(), 4);
+    assert_eq!(rx.requests("slack").len(), 4);
 
     h.stop().await;
     assert_eq!(smtp.messages().len(), 1, "the email is sent once");
-    assert_eq!(rx.hits("hook").len(), 1, "the webhook is called once");
+    assert_eq!(rx.requests("hook").len(), 1, "the webhook is called once");
     assert_eq!(h.dead_letters().await.len(), 1);
     assert_eq!(h.backlog().await, 0);
 }

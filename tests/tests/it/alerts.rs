@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{KeyInit as _, Mac as _};
-use lifeline_tests::{Hit, Receiver, Stack, wait_for};
+use lifeline_testkit::{Hit, Receiver, wait_for};
+use lifeline_tests::Stack;
 use reqwest::Method;
 use serde_json::{Value, json};
 

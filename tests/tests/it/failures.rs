@@ -3,11 +3,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use lifeline_tests::{
-    Receiver,
-    procs::{Brokers, PrivateServer, ProcStack},
-    wait_for,
-};
+use lifeline_testkit::{Brokers, PrivateRabbit, PrivateServer, Receiver, wait_for};
+use lifeline_tests::procs::ProcStack;
 use serde_json::Value;
 
 /// Beats in a monitor's history.
@@ -265,7 +262,7 @@ async fn all_status(stack: &ProcStack, monitors: &[(String, String)], status: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_loses_no_alert_job() {
-    let mut rabbit = lifeline_tests::procs::PrivateRabbit::start().await;
+    let mut rabbit = PrivateRabbit::start().await;
     let brokers = Brokers {
         amqp_url: rabbit.url(),
         ..Brokers::local()

@@ -38,7 +38,8 @@ use std::{
 };
 
 use futures::StreamExt;
-use lifeline_tests::{API_KEY, Receiver, Stack, wait_for};
+use lifeline_testkit::{Receiver, wait_for};
+use lifeline_tests::{API_KEY, Stack};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::{

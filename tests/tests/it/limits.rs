@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use lifeline_ingest::RateLimit;
-use lifeline_tests::{Stack, wait_for};
+use lifeline_testkit::wait_for;
+use lifeline_tests::Stack;
 use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::net::TcpListener;

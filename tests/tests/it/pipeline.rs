@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use lifeline_tests::{API_KEY, Receiver, Stack, wait_for};
+use lifeline_testkit::{Receiver, wait_for};
+use lifeline_tests::{API_KEY, Stack};
 use reqwest::Method;
 use serde_json::{Value, json};
 
