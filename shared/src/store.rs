@@ -46,9 +46,15 @@ use codec::{Field, Writes};
 /// A Redis failure, or a record that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis unreachable or refused the command.
+    /// Redis cannot serve right now: unreachable, the connection dropped or
+    /// timed out, or it is loading its data, failing over or read-only.
+    /// Asking again later may succeed (an HTTP service answers 503).
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[source] redis::RedisError),
+    /// Redis refused a command or a script: a bug, or a Redis set up to
+    /// forbid it. Asking again will not help.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[source] redis::RedisError),
     /// A stored record is not what this version expects.
     #[error("corrupt record at {key}: {error}")]
     Corrupt {
@@ -67,6 +73,40 @@ pub enum StoreError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+impl StoreError {
+    /// Whether Redis could not serve (see [`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    /// Sorts a Redis error: "cannot serve right now" or a refusal.
+    fn from(e: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                    )
+            );
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Redis(e)
+        }
+    }
 }
 
 /// Result alias for store operations.
