@@ -81,7 +81,7 @@ impl TestStore {
     /// The monitor's score in its shard's deadline index.
     async fn indexed_deadline(&self, id: &str) -> Option<i64> {
         let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(self.names.deadlines(shard_of(id)))
+            .arg(self.store.keys().deadlines(shard_of(id)))
             .arg(id)
             .query_async(&mut self.store.conn())
             .await
@@ -508,7 +508,7 @@ async fn a_batched_tick_extends_deadlines_inside_an_outage() {
 impl TestStore {
     /// `OBJECT ENCODING` and `MEMORY USAGE … SAMPLES 0` of monitor `id`'s hash.
     async fn footprint(&self, id: &str) -> (String, u64) {
-        let key = self.names.monitor(id);
+        let key = self.store.keys().monitor(id);
         let mut conn = self.store.conn();
         let encoding: String = redis::cmd("OBJECT")
             .arg("ENCODING")
@@ -529,7 +529,7 @@ impl TestStore {
 
     async fn hset(&self, id: &str, field: &str, value: &str) {
         let _: () = redis::cmd("HSET")
-            .arg(self.names.monitor(id))
+            .arg(self.store.keys().monitor(id))
             .arg(field)
             .arg(value)
             .query_async(&mut self.store.conn())
@@ -539,7 +539,7 @@ impl TestStore {
 
     async fn hexists(&self, id: &str, field: &str) -> bool {
         redis::cmd("HEXISTS")
-            .arg(self.names.monitor(id))
+            .arg(self.store.keys().monitor(id))
             .arg(field)
             .query_async(&mut self.store.conn())
             .await
@@ -681,7 +681,7 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
             field,
             problem,
         }) => {
-            assert_eq!((key, field), (s.names.monitor("m"), "t"));
+            assert_eq!((key, field), (s.store.keys().monitor("m"), "t"));
             assert!(problem.contains("sixty"), "{problem}");
         }
         other => panic!("{other:?}"),
@@ -695,7 +695,7 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
 
     s.hset("m", "t", "60").await;
     let _: () = redis::cmd("HDEL")
-        .arg(s.names.monitor("m"))
+        .arg(s.store.keys().monitor("m"))
         .arg("s")
         .query_async(&mut s.store.conn())
         .await

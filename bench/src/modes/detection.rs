@@ -78,19 +78,19 @@ async fn sample_backlog(
     last_deadline: i64,
     out: std::sync::Arc<std::sync::Mutex<Backlog>>,
 ) {
-    let names = store.names().clone();
+    let keys = store.keys().clone();
     let mut conn = store.conn();
     loop {
         let now = now_ms();
         let mut pipe = redis::pipe();
         for shard in 0..SHARDS {
             pipe.cmd("ZCOUNT")
-                .arg(names.deadlines(shard))
+                .arg(keys.deadlines(shard))
                 .arg("-inf")
                 .arg(now);
         }
         for shard in 0..SHARDS {
-            pipe.cmd("HLEN").arg(names.outbox(shard));
+            pipe.cmd("HLEN").arg(keys.outbox(shard));
         }
         if let Ok(counts) = pipe.query_async::<Vec<u64>>(&mut conn).await {
             let (due, outbox) = counts.split_at(usize::from(SHARDS));

@@ -968,7 +968,7 @@ async fn patching_the_timeout_moves_the_deadline() {
     let score: Option<i64> = app
         .store
         .conn()
-        .zscore(app.names.deadlines(shard_of(id)), id)
+        .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
     assert_eq!(score, Some(t + 60_000));
@@ -1109,7 +1109,7 @@ async fn reminders_and_confirm_are_validated_shown_and_applied() {
     assert_eq!(v["deadline"], Value::Null);
     assert_eq!(v["next_reminder_at"], rfc3339(t + 600_000));
     let score = |app: &TestApp| {
-        let (mut conn, key) = (app.store.conn(), app.names.deadlines(shard_of(id)));
+        let (mut conn, key) = (app.store.conn(), app.store.keys().deadlines(shard_of(id)));
         async move {
             let s: Option<i64> = conn.zscore(key, id).await.unwrap();
             s
@@ -1333,7 +1333,7 @@ async fn deleting_a_monitor_removes_it_and_its_token() {
     let score: Option<i64> = app
         .store
         .conn()
-        .zscore(app.names.deadlines(shard_of(id)), id)
+        .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
     assert_eq!(score, None);
@@ -1398,8 +1398,13 @@ async fn rotations_racing_edits_leave_exactly_one_live_token() {
     let stored = app.store.monitor(id).await.unwrap().unwrap();
     assert_eq!(stored.cfg.token_hash, token::hash(&last));
     assert_eq!(stored.cfg.name, "n14");
-    let live: Vec<String> = app.store.conn().keys(app.names.token("*")).await.unwrap();
-    assert_eq!(live, [app.names.token(&token::hash(&last))]);
+    let live: Vec<String> = app
+        .store
+        .conn()
+        .keys(app.store.keys().token("*"))
+        .await
+        .unwrap();
+    assert_eq!(live, [app.store.keys().token(&token::hash(&last))]);
 }
 
 /// The job a test alert publishes, checked field by field.

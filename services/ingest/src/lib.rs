@@ -80,7 +80,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
     let limiter = config
         .push_limit
-        .map(|limit| limit::Limiter::new(limit, store.conn(), config.common.names.clone()));
+        .map(|limit| limit::Limiter::new(limit, store.conn(), store.keys().clone()));
     let state = AppState {
         inner: Arc::new(Inner {
             config,
@@ -93,16 +93,16 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }),
     };
     let watching = state.clone();
-    let (conn, names) = (
+    let (conn, keys) = (
         state.inner.store.conn(),
-        state.inner.config.common.names.clone(),
+        lifeline_shared::store::Keys::new(&state.inner.config.common.names),
     );
     let watch_shutdown = shutdown.clone();
     tokio::spawn(async move {
         watching
             .inner
             .tokens
-            .watch(conn, names, watch_shutdown)
+            .watch(conn, keys, watch_shutdown)
             .await
     });
     let checking = state.inner.store.clone();

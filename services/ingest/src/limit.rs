@@ -8,7 +8,7 @@
 //! # The shared bucket
 //!
 //! The authority is one generic cell rate algorithm (GCRA) bucket per
-//! monitor in Redis ([`Names::push_rate`]): a single number, the
+//! monitor in Redis ([`Keys::push_rate`]): a single number, the
 //! "theoretical arrival time" (TAT, Redis clock, ms). Each push moves it on
 //! by the emission interval `T = period / n`; a push is admitted while
 //! `TAT + T - now <= b × T`. So from an idle start `b` pushes pass at once,
@@ -69,7 +69,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_shared::names::Names;
+use lifeline_shared::store::Keys;
 use redis::{Script, aio::ConnectionManager};
 use tokio::sync::{Notify, futures::OwnedNotified};
 
@@ -362,18 +362,18 @@ impl Drop for Asking<'_> {
 pub(crate) struct Limiter {
     limit: RateLimit,
     conn: ConnectionManager,
-    names: Names,
+    keys: Keys,
     epoch: Instant,
     entries: Mutex<Tracked>,
     redis_down_until: Mutex<Option<Instant>>,
 }
 
 impl Limiter {
-    pub(crate) fn new(limit: RateLimit, conn: ConnectionManager, names: Names) -> Self {
+    pub(crate) fn new(limit: RateLimit, conn: ConnectionManager, keys: Keys) -> Self {
         Self {
             limit,
             conn,
-            names,
+            keys,
             epoch: Instant::now(),
             entries: Mutex::new(Tracked {
                 map: HashMap::new(),
@@ -479,7 +479,7 @@ impl Limiter {
     /// did not answer (it is then not asked for [`REDIS_BACKOFF`]).
     async fn take(&self, monitor_id: &str, want: u32) -> Option<Grant> {
         let mut conn = self.conn.clone();
-        let key = self.names.push_rate(monitor_id);
+        let key = self.keys.push_rate(monitor_id);
         let mut invocation = TAKE.key(&key);
         invocation
             .arg(self.limit.interval_ms())
@@ -788,10 +788,10 @@ mod tests {
 
     /// A limiter on `redis_url` under a fresh prefix.
     fn limiter(redis_url: &str, limit: RateLimit) -> Limiter {
-        use lifeline_shared::{store::Store, token};
+        use lifeline_shared::{names::Names, store::Store, token};
         let names = Names::new(&format!("limit-test-{}", token::new_id())).unwrap();
         let store = Store::open(redis_url, names.clone(), Default::default()).unwrap();
-        Limiter::new(limit, store.conn(), names)
+        Limiter::new(limit, store.conn(), store.keys().clone())
     }
 
     /// One push a minute, bursts of 8: slow enough that nothing refills
@@ -828,14 +828,14 @@ mod tests {
 
         // The bucket expires by itself once it would be full again.
         let mut conn = l.conn.clone();
-        let key = l.names.push_rate("m1");
+        let key = l.keys.push_rate("m1");
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut conn)
             .await
             .unwrap();
         assert!((470_000..=481_000).contains(&ttl), "{ttl}");
-        let keys = ["m1", "m2", "m3"].map(|m| l.names.push_rate(m));
+        let keys = ["m1", "m2", "m3"].map(|m| l.keys.push_rate(m));
         let _: () = redis::cmd("DEL")
             .arg(&keys)
             .query_async(&mut conn)
@@ -867,7 +867,7 @@ mod tests {
         }
         let mut conn = l.conn.clone();
         let keys: Vec<String> = (0..20)
-            .map(|r| l.names.push_rate(&format!("c{r}")))
+            .map(|r| l.keys.push_rate(&format!("c{r}")))
             .collect();
         let _: () = redis::cmd("DEL")
             .arg(&keys)

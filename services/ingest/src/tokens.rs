@@ -4,7 +4,7 @@
 //! # Revocation within a second
 //!
 //! The API bumps a counter in Redis whenever it revokes a token (rotation,
-//! deletion: [`Names::token_generation`]). Every [`WATCH_EVERY`] a task
+//! deletion: [`Keys::token_generation`]). Every [`WATCH_EVERY`] a task
 //! reads the counter, and when it moved, the whole cache is dropped. A known
 //! token's lookup is therefore kept as long as no token is revoked, and a
 //! revoked one stops working within about `WATCH_EVERY` plus one Redis round
@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_shared::names::Names;
+use lifeline_shared::store::Keys;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
@@ -133,10 +133,10 @@ impl TokenCache {
     pub(crate) async fn watch(
         &self,
         mut conn: ConnectionManager,
-        names: Names,
+        keys: Keys,
         shutdown: CancellationToken,
     ) {
-        let key = names.token_generation();
+        let key = keys.token_generation();
         let mut interval = tokio::time::interval(WATCH_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

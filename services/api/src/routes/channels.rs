@@ -391,7 +391,7 @@ pub(crate) async fn rotate_secret(
     if !input::plausible_id(&id) {
         return Err(ApiError::NotFound("channel not found"));
     }
-    let key = app.store.names().channel(&id);
+    let key = app.store.keys().channel(&id);
     let mut conn = app.store.conn();
     let secret = new_secret();
     let old_hint = loop {
