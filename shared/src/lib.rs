@@ -11,6 +11,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod metric;
 pub mod model;

@@ -25,8 +25,6 @@
 //! state machine on what it reads and committing the outcome, again after a
 //! version conflict, is [`crate::engine`]'s.
 
-mod apply;
-mod cache;
 mod channels;
 mod codec;
 mod commit;
@@ -43,17 +41,13 @@ mod pushpath;
 mod ratelimit;
 mod tokens;
 
-pub use apply::Applied;
 pub use commit::{Commit, CommitResult};
 pub use error::{Result, StoreError};
 pub use history::Caps;
 pub use keys::Keys;
 pub use persistence::Persistence;
 
-use std::sync::Arc;
-
 use crate::names::Names;
-use cache::MonitorCache;
 use conn::Conn;
 use error::{json, parse};
 
@@ -64,9 +58,6 @@ pub struct Store {
     names: Names,
     keys: Keys,
     caps: Caps,
-    /// Monitors as this handle last wrote them (the evaluator's; see
-    /// [`Store::with_cache`]).
-    cache: Option<Arc<MonitorCache>>,
 }
 
 impl Store {
@@ -79,7 +70,6 @@ impl Store {
             keys: Keys::new(&names),
             names,
             caps,
-            cache: None,
         })
     }
 
@@ -103,5 +93,25 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         let _: String = self.conn.query(&redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Round trips made so far through this store's connection.
+    pub(crate) fn round_trips(&self) -> usize {
+        self.conn.round_trips()
+    }
+
+    /// Deletes every key of this store's prefix (clean-up after a test).
+    pub(crate) async fn delete_all(&self) {
+        let keys: Vec<String> = self
+            .conn
+            .query(redis::cmd("KEYS").arg(self.names.redis_pattern()))
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = self.conn.query(&redis::Cmd::del(keys)).await.unwrap();
+        }
     }
 }

@@ -134,7 +134,7 @@ impl TestApp {
             value: Some(seq as f64),
             late: false,
         };
-        self.store
+        lifeline_shared::engine::Engine::new(self.store.clone())
             .apply(id, Input::Beat(&b))
             .await
             .unwrap()
@@ -1146,8 +1146,7 @@ async fn reminders_and_confirm_are_validated_shown_and_applied() {
     let id = m["id"].as_str().unwrap();
     let t0 = now_ms() - 90_000;
     app.beat(id, 1, t0, BeatStatus::Up, None).await;
-    let ticked = app
-        .store
+    let ticked = lifeline_shared::engine::Engine::new(app.store.clone())
         .apply(id, Input::Tick { now: now_ms() })
         .await
         .unwrap()

@@ -1,21 +1,29 @@
-//! Runs monitor state-machine steps against the store: read, step, commit,
-//! and again after a version conflict.
+//! The read → step → commit loop: runs the monitor state machine
+//! ([`crate::state`], a pure function) on monitors as the store holds them
+//! and writes each outcome with the store's commit script, which checks the
+//! monitor's version; after a version conflict (another replica, or the
+//! API, wrote the monitor in between) it reads again and recomputes. The
+//! store only reads and writes; the deciding happens here.
 //!
-//! [`Store::apply`] runs one step in two round trips (read, then the commit
-//! script). [`Store::apply_batch`], for the hot paths, runs many steps in a
-//! few: one pipelined read (skipped for monitors the evaluator's cache
-//! holds, see [`Store::with_cache`]) and one pipelined commit of them all,
-//! per round, each round holding a monitor at most once.
+//! [`Engine::apply`] runs one step in two round trips (read, then the
+//! commit). [`Engine::apply_batch`], for the hot paths, runs many steps in
+//! a few: one pipelined read (skipped for monitors the evaluator's cache
+//! holds, see [`Engine::with_cache`] and the `cache` module) and one
+//! pipelined commit of them all, per round, each round holding a monitor
+//! at most once.
+
+mod cache;
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{Commit, CommitResult, Result, Store, cache::MonitorCache};
 use crate::{
     model::{AlertJob, BeatRecord, Monitor, MonitorConfig, MonitorState, Outage},
     state::{BeatDisposition, Input, Outcome, Rules, step},
+    store::{Commit, CommitResult, Result, Store},
 };
+use cache::MonitorCache;
 
-/// What [`Store::apply`] did.
+/// What [`Engine::apply`] did.
 #[derive(Debug)]
 pub struct Applied {
     /// The monitor as read before the step.
@@ -39,7 +47,7 @@ fn fires(state: &MonitorState, input: Input<'_>) -> bool {
     state.deadline.is_some_and(|d| d <= at)
 }
 
-/// The rounds of [`Store::apply_batch`]: input indexes, each monitor at
+/// The rounds of [`Engine::apply_batch`]: input indexes, each monitor at
 /// most once per round, a monitor's k-th input in round k.
 fn rounds(inputs: &[(&str, Input<'_>)]) -> Vec<Vec<usize>> {
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(inputs.len());
@@ -55,20 +63,40 @@ fn rounds(inputs: &[(&str, Input<'_>)]) -> Vec<Vec<usize>> {
     rounds
 }
 
-impl Store {
-    /// This store, keeping up to `monitors` monitors as it last wrote them,
-    /// so that [`Store::apply_batch`] need not read them back (0: none).
-    /// Only for the evaluator: a handle that writes monitors without
-    /// stepping them (the API) must not use it. A stale copy costs a retry,
-    /// never a wrong write (the commit checks the version), and the copies
-    /// are not consulted while many turn out stale (several replicas
-    /// writing the same monitors).
+/// Runs state-machine steps on monitors through a [`Store`]; cheap to
+/// clone (clones share the cache).
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    /// Monitors as this engine last wrote them (the evaluator's; see
+    /// [`Engine::with_cache`]).
+    cache: Option<Arc<MonitorCache>>,
+}
+
+impl Engine {
+    /// An engine writing through `store`, without a cache.
+    pub fn new(store: Store) -> Self {
+        Self { store, cache: None }
+    }
+
+    /// This engine, keeping up to `monitors` monitors as it last wrote
+    /// them, so that [`Engine::apply_batch`] need not read them back (0:
+    /// none). Only for the evaluator: an engine whose store also writes
+    /// monitors without stepping them (the API's) must not use it. A stale
+    /// copy costs a retry, never a wrong write (the commit checks the
+    /// version), and the copies are not consulted while many turn out stale
+    /// (several replicas writing the same monitors).
     pub fn with_cache(mut self, monitors: usize) -> Self {
         self.cache = (monitors > 0).then(|| Arc::new(MonitorCache::new(monitors)));
         self
     }
 
-    /// Keeps monitor `id` as just written (version `ver`), if this store
+    /// The store this engine reads and writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Keeps monitor `id` as just written (version `ver`), if this engine
     /// caches monitors.
     fn remember(&self, id: &str, cfg: &MonitorConfig, state: &MonitorState, ver: u64) {
         if let Some(cache) = &self.cache {
@@ -95,7 +123,7 @@ impl Store {
         self.apply_with(id, input, |_| None).await
     }
 
-    /// [`Store::apply`] that may also replace the settings in the same write:
+    /// [`Engine::apply`] that may also replace the settings in the same write:
     /// `patch` gets each attempt's freshly read settings and returns the new
     /// ones (or `None` to keep them), and the step follows the new settings
     /// (timeout, reminders, confirm).
@@ -109,7 +137,7 @@ impl Store {
         patch: impl Fn(&MonitorConfig) -> Option<MonitorConfig>,
     ) -> Result<Option<Applied>> {
         loop {
-            let Some(before) = self.monitor(id).await? else {
+            let Some(before) = self.store.monitor(id).await? else {
                 return Ok(None);
             };
             let new_cfg = patch(&before.cfg).filter(|c| *c != before.cfg);
@@ -117,7 +145,7 @@ impl Store {
             // Outages matter only when a deadline is about to fire: read
             // them only then (rare), not on every beat.
             let outages = if fires(&before.state, input) {
-                self.outages().await?
+                self.store.outages().await?
             } else {
                 Vec::new()
             };
@@ -142,7 +170,7 @@ impl Store {
                 changes: &outcome.changes,
                 alerts: &jobs,
             };
-            match self.commit(id, before.ver, &commit).await? {
+            match self.store.commit(id, before.ver, &commit).await? {
                 CommitResult::Committed => {
                     self.remember(id, &cfg, &outcome.state, before.ver + 1);
                     return Ok(Some(Applied {
@@ -158,7 +186,7 @@ impl Store {
         }
     }
 
-    /// Applies many inputs as if by calling [`Store::apply`] on each in order
+    /// Applies many inputs as if by calling [`Engine::apply`] on each in order
     /// (per-monitor order is kept; a monitor may appear more than once), in a
     /// few pipelined round trips. Results are in input order; `None` where
     /// the monitor does not exist.
@@ -166,7 +194,7 @@ impl Store {
     /// The inputs go in rounds holding each monitor at most once (its k-th
     /// input in round k; usually there is one round). A round reads its
     /// monitors in one pipelined round trip (those the cache of
-    /// [`Store::with_cache`] holds are not read), steps each, and writes
+    /// [`Engine::with_cache`] holds are not read), steps each, and writes
     /// every outcome that changes something in one script call. The
     /// push-path outages are read at most once per call, and only if a step
     /// fires a deadline. Items whose write meets a version conflict (another
@@ -209,7 +237,10 @@ impl Store {
                     }
                 }
                 if !to_read.is_empty() {
-                    let read = self.monitors(to_read.iter().map(|&i| inputs[i].0)).await?;
+                    let read = self
+                        .store
+                        .monitors(to_read.iter().map(|&i| inputs[i].0))
+                        .await?;
                     for (&i, m) in to_read.iter().zip(read) {
                         let id = inputs[i].0;
                         let Some(m) = m? else {
@@ -235,7 +266,7 @@ impl Store {
                     // As in `apply_with`: outages only for a step that fires.
                     let firing = fires(&before.state, input);
                     if firing && outages.is_none() {
-                        outages = Some(self.outages().await?);
+                        outages = Some(self.store.outages().await?);
                     }
                     let known = match &outages {
                         Some(o) if firing => o.as_slice(),
@@ -290,7 +321,7 @@ impl Store {
                     .zip(&commits)
                     .map(|(&(i, _, ref a, _), c)| (inputs[i].0, a.before.ver, c))
                     .collect();
-                let answers = self.commit_many(&calls).await?;
+                let answers = self.store.commit_many(&calls).await?;
                 for ((i, _, applied, cached), answer) in pending.into_iter().zip(answers) {
                     let id = inputs[i].0;
                     if cached && let Some(cache) = &self.cache {
@@ -334,7 +365,7 @@ impl Store {
         let beat = match (input, outcome.beat) {
             (Input::Beat(b), BeatDisposition::Applied) => Some(b),
             (Input::Beat(b), BeatDisposition::Late) => {
-                self.record_late_beat(id, b).await?;
+                self.store.record_late_beat(id, b).await?;
                 None
             }
             _ => None,
@@ -390,10 +421,9 @@ mod tests {
         };
         let names = Names::new(&format!("unit-trips-{}", token::new_id())).unwrap();
         let url = "redis://127.0.0.1:6379";
-        let store = Store::open(url, names.clone(), Caps::default())
-            .unwrap()
-            .with_cache(1000);
-        let api = Store::open(url, names, Caps::default()).unwrap();
+        let open = || Store::open(url, names.clone(), Caps::default()).unwrap();
+        let evaluator = Engine::new(open()).with_cache(1000);
+        let api = Engine::new(open());
         let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
         let t = crate::time::now_ms();
         for id in &ids {
@@ -408,7 +438,7 @@ mod tests {
                 remind_every: None,
                 confirm: 1,
             };
-            store
+            api.store()
                 .create_monitor(id, &cfg, &MonitorState::new(t))
                 .await
                 .unwrap();
@@ -427,49 +457,33 @@ mod tests {
         fn beat_each<'a>(ids: &'a [String], b: &'a BeatRecord) -> Vec<(&'a str, Input<'a>)> {
             ids.iter().map(|id| (id.as_str(), Input::Beat(b))).collect()
         }
-        let trips = |s: &Store| s.conn.round_trips();
-        let cost = async |s: &Store, inputs: &[(&str, Input<'_>)]| {
-            let before = trips(s);
-            let applied = s.apply_batch(inputs).await.unwrap();
+        let trips = |e: &Engine| e.store().round_trips();
+        let cost = async |e: &Engine, inputs: &[(&str, Input<'_>)]| {
+            let before = trips(e);
+            let applied = e.apply_batch(inputs).await.unwrap();
             assert!(applied.iter().all(Option::is_some));
-            trips(s) - before
+            trips(e) - before
         };
 
-        assert_eq!(
-            cost(&store, &beat_each(&ids, &beats[0])).await,
-            2,
-            "read, commit"
-        );
-        assert_eq!(
-            cost(&store, &beat_each(&ids, &beats[1])).await,
-            1,
-            "cached: commit"
-        );
+        let first = beat_each(&ids, &beats[0]);
+        assert_eq!(cost(&evaluator, &first).await, 2, "read, commit");
+        let second = beat_each(&ids, &beats[1]);
+        assert_eq!(cost(&evaluator, &second).await, 1, "cached: commit");
         let twice = [
             (ids[0].as_str(), Input::Beat(&beats[2])),
             (ids[0].as_str(), Input::Beat(&beats[3])),
         ];
-        assert_eq!(cost(&store, &twice).await, 2, "two rounds, cached");
+        assert_eq!(cost(&evaluator, &twice).await, 2, "two rounds, cached");
         let fire: Vec<(&str, Input<'_>)> = ids
             .iter()
             .map(|id| (id.as_str(), Input::Tick { now: t + 70_000 }))
             .collect();
-        assert_eq!(cost(&store, &fire).await, 2, "outages, commit");
+        assert_eq!(cost(&evaluator, &fire).await, 2, "outages, commit");
         let before = trips(&api);
         api.apply(&ids[1], Input::Pause { now: t + 80_000 })
             .await
             .unwrap();
         assert_eq!(trips(&api) - before, 2, "one apply: read, commit");
-
-        for id in &ids {
-            let m = api.monitor(id).await.unwrap().unwrap();
-            api.delete_monitor(&m).await.unwrap();
-        }
-        let mut left: Vec<String> = ids
-            .iter()
-            .map(|id| api.keys.outbox(crate::names::shard_of(id)))
-            .collect();
-        left.push(api.keys.token_generation());
-        let _: () = api.conn.query(&redis::Cmd::del(left)).await.unwrap();
+        api.store().delete_all().await;
     }
 }
