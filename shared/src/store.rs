@@ -41,6 +41,7 @@ mod pushpath;
 mod ratelimit;
 mod tokens;
 
+pub use channels::ChannelEdit;
 pub use commit::{Commit, CommitResult};
 pub use error::{Result, StoreError};
 pub use history::Caps;
