@@ -47,6 +47,7 @@ pub use error::{Result, StoreError};
 pub use history::Caps;
 pub use keys::Keys;
 pub use persistence::Persistence;
+pub use ratelimit::PushTokens;
 
 use crate::names::Names;
 use conn::Conn;
@@ -83,11 +84,6 @@ impl Store {
     /// at Redis directly.
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    /// A connection for commands this module does not wrap.
-    pub fn conn(&self) -> redis::aio::ConnectionManager {
-        self.conn.manager()
     }
 
     /// `PING`: whether Redis answers.

@@ -22,6 +22,15 @@ use lifeline_shared::{
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// A Redis connection of the test's own, to look at keys directly.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS_URL)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
 /// A store under a fresh prefix whose keys are deleted on drop.
 struct TestStore {
     store: Store,
@@ -90,7 +99,7 @@ impl TestStore {
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(self.store.keys().deadlines(shard_of(id)))
             .arg(id)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("zscore");
         score.map(|s| s as i64)
@@ -521,7 +530,7 @@ impl TestStore {
     /// `OBJECT ENCODING` and `MEMORY USAGE … SAMPLES 0` of monitor `id`'s hash.
     async fn footprint(&self, id: &str) -> (String, u64) {
         let key = self.store.keys().monitor(id);
-        let mut conn = self.store.conn();
+        let mut conn = redis().await;
         let encoding: String = redis::cmd("OBJECT")
             .arg("ENCODING")
             .arg(&key)
@@ -544,7 +553,7 @@ impl TestStore {
             .arg(self.store.keys().monitor(id))
             .arg(field)
             .arg(value)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("hset");
     }
@@ -553,7 +562,7 @@ impl TestStore {
         redis::cmd("HEXISTS")
             .arg(self.store.keys().monitor(id))
             .arg(field)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("hexists")
     }
@@ -709,7 +718,7 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
     let _: () = redis::cmd("HDEL")
         .arg(s.store.keys().monitor("m"))
         .arg("s")
-        .query_async(&mut s.store.conn())
+        .query_async(&mut redis().await)
         .await
         .unwrap();
     let err = s.engine().apply("m", Input::Beat(&b)).await.unwrap_err();
@@ -734,7 +743,7 @@ async fn a_commit_after_redis_forgot_its_scripts_loads_them_again() {
         .expect("first beat");
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
-        .query_async(&mut s.store.conn())
+        .query_async(&mut redis().await)
         .await
         .expect("script flush");
     let b2 = beat(2, t + 2, BeatStatus::Up);

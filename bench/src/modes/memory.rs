@@ -79,7 +79,7 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
     let names = env.scope("memory");
     let stores = Stores::open(&env.brokers.redis_url, &names)?;
     let store = stores.get(0).clone();
-    let mut conn = store.conn();
+    let mut conn = stores.redis().await?;
     let n = opts.monitors;
     let before = used_memory(&mut conn).await?;
     eprintln!(

@@ -210,7 +210,7 @@ async fn check_histories(
     ok_per_monitor: &[u32],
 ) -> anyhow::Result<usize> {
     let store = stores.get(0);
-    let mut conn = store.conn();
+    let mut conn = stores.redis().await?;
     let mut mismatches = 0;
     for (chunk_ids, chunk_ok) in ids.chunks(1000).zip(ok_per_monitor.chunks(1000)) {
         let mut pipe = redis::pipe();

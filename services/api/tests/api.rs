@@ -28,6 +28,15 @@ const KEY: &str = "test-api-key-0123456789";
 const PUBLIC_URL: &str = "http://push.example:8080";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A Redis connection of the test's own, to look at keys directly.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// One API instance on port 0 with a fresh prefix.
 struct TestApp {
     base: String,
@@ -965,9 +974,8 @@ async fn patching_the_timeout_moves_the_deadline() {
     assert_eq!(v["status"], "up");
     assert_eq!(v["deadline"], rfc3339(t + 60_000));
     // The deadline index moved in the same write.
-    let score: Option<i64> = app
-        .store
-        .conn()
+    let score: Option<i64> = redis()
+        .await
         .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
@@ -1109,9 +1117,9 @@ async fn reminders_and_confirm_are_validated_shown_and_applied() {
     assert_eq!(v["deadline"], Value::Null);
     assert_eq!(v["next_reminder_at"], rfc3339(t + 600_000));
     let score = |app: &TestApp| {
-        let (mut conn, key) = (app.store.conn(), app.store.keys().deadlines(shard_of(id)));
+        let key = app.store.keys().deadlines(shard_of(id));
         async move {
-            let s: Option<i64> = conn.zscore(key, id).await.unwrap();
+            let s: Option<i64> = redis().await.zscore(key, id).await.unwrap();
             s
         }
     };
@@ -1329,9 +1337,8 @@ async fn deleting_a_monitor_removes_it_and_its_token() {
     );
     assert!(app.store.monitor_ids().await.unwrap().is_empty());
     assert!(app.store.beats(id, 10).await.unwrap().is_empty());
-    let score: Option<i64> = app
-        .store
-        .conn()
+    let score: Option<i64> = redis()
+        .await
         .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
@@ -1397,9 +1404,8 @@ async fn rotations_racing_edits_leave_exactly_one_live_token() {
     let stored = app.store.monitor(id).await.unwrap().unwrap();
     assert_eq!(stored.cfg.token_hash, token::hash(&last));
     assert_eq!(stored.cfg.name, "n14");
-    let live: Vec<String> = app
-        .store
-        .conn()
+    let live: Vec<String> = redis()
+        .await
         .keys(app.store.keys().token("*"))
         .await
         .unwrap();

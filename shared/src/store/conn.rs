@@ -81,12 +81,6 @@ impl Conn {
         Ok(())
     }
 
-    /// The connection manager itself, for the callers that still speak
-    /// Redis themselves.
-    pub(crate) fn manager(&self) -> ConnectionManager {
-        self.inner.clone()
-    }
-
     #[cfg(test)]
     fn count(&self) {
         self.trips.fetch_add(1, Ordering::Relaxed);

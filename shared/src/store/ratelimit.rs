@@ -2,8 +2,16 @@
 //! of each monitor's token (ingest) and the rate-limit slot of each alert
 //! destination (the notifier, e.g. one Slack webhook URL). Each lives in
 //! one key that expires by itself once it no longer limits anything.
+//!
+//! The push-rate bucket is a GCRA bucket leased out several tokens at a
+//! time; why, and what it costs, is told in ingest's `limit` module, which
+//! keeps the leases. Here is only the script that takes tokens from the
+//! shared bucket: it reads the time from Redis (replicas' clocks do not
+//! matter) and touches one key (ready for Redis Cluster).
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
+
+use redis::Script;
 
 use super::{Keys, Result, Store, keys::Tag};
 
@@ -21,7 +29,56 @@ impl Keys {
     }
 }
 
+/// What a monitor's push-rate bucket granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushTokens {
+    /// Tokens granted (0: the bucket is empty).
+    pub granted: u32,
+    /// `TAT - now` after the grant, in ms, rounded up.
+    pub debt_ms: i64,
+}
+
+// One monitor's GCRA bucket, leasing up to ARGV[3] tokens at once.
+// KEYS: the monitor's push-rate key (TAT, ms, Redis clock).
+// ARGV: interval T (ms), tolerance b × T (ms), tokens wanted.
+// Returns {granted, ceil(TAT - now) in ms}.
+const TAKE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local room = math.floor((now + tolerance - tat) / interval + 1e-9)
+local granted = math.max(0, math.min(tonumber(ARGV[3]), room))
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+end
+return {granted, math.ceil(tat - now)}
+"#;
+
+static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_LUA));
+
 impl Store {
+    /// Takes up to `want` tokens from the push-rate bucket of monitor `id`
+    /// (emission interval `interval_ms`, tolerance `tolerance_ms`, that is
+    /// burst × interval): fewer if fewer are left, none while it is empty.
+    /// The bucket expires a second after it would be full again.
+    pub async fn take_push_tokens(
+        &self,
+        id: &str,
+        interval_ms: f64,
+        tolerance_ms: f64,
+        want: u32,
+    ) -> Result<PushTokens> {
+        let key = self.keys.push_rate(id);
+        let mut call = TAKE.key(&key);
+        call.arg(interval_ms).arg(tolerance_ms).arg(want);
+        let (granted, debt_ms) = self.conn.invoke(&call).await?;
+        Ok(PushTokens { granted, debt_ms })
+    }
+
     /// Takes the rate-limit slot of a destination for `period`; false if it
     /// was taken less than `period` ago (by any replica).
     pub async fn take_rate_slot(&self, destination_hash: &str, period: Duration) -> Result<bool> {

@@ -50,4 +50,14 @@ impl Store {
         let _: () = self.conn.pipe(&revoke).await?;
         Ok(())
     }
+
+    /// The revocation counter: 0 until a token is first revoked, then
+    /// bumped by each revocation.
+    pub async fn token_generation(&self) -> Result<i64> {
+        let generation: Option<i64> = self
+            .conn
+            .query(&Cmd::get(self.keys.token_generation()))
+            .await?;
+        Ok(generation.unwrap_or(0))
+    }
 }
