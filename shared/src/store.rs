@@ -1,7 +1,7 @@
 //! Lifeline's Redis store: everything Lifeline keeps in Redis, one module
 //! per concern, each owning its keys and its scripts. Nothing outside this
 //! module builds a Redis command, a key or a script, and nothing outside it
-//! holds the connection (`shared/tests/store_boundary.rs` checks it).
+//! holds the connection (the `boundary` test checks it).
 //!
 //! | module | owns |
 //! | --- | --- |
@@ -25,6 +25,8 @@
 //! state machine on what it reads and committing the outcome, again after a
 //! version conflict, is [`crate::engine`]'s.
 
+#[cfg(test)]
+mod boundary;
 mod channels;
 mod codec;
 mod commit;

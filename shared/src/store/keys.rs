@@ -34,7 +34,7 @@
 //! monitor (`monitors`) removes its hash, deadline and history in one.
 //!
 //! [`Keys`] is public for tests and benchmarks that look at Redis
-//! directly; the services never use it (`shared/tests/store_boundary.rs`).
+//! directly; the services never use it (the store's `boundary` test).
 
 use std::fmt;
 
