@@ -230,10 +230,13 @@ mod tests {
 
     /// What the store says when nothing listens on Redis's port.
     async fn unreachable_redis() -> StoreError {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
         let names = lifeline_shared::names::Names::new("api-error-test").unwrap();
-        let store =
-            lifeline_shared::store::Store::open("redis://127.0.0.1:1", names, Default::default())
-                .unwrap();
+        let url = format!("redis://127.0.0.1:{port}");
+        let store = lifeline_shared::store::Store::open(&url, names, Default::default()).unwrap();
         let e = store.ping().await.unwrap_err();
         assert!(e.is_unavailable(), "{e}");
         e
