@@ -38,18 +38,31 @@ pub(crate) const CHANNEL: &str = "benchchannel0001";
 /// Stores on several connections, so the client side of the writes is not
 /// one connection's bottleneck.
 #[derive(Clone)]
-pub(crate) struct Stores(Vec<Store>);
+pub(crate) struct Stores {
+    stores: Vec<Store>,
+    url: String,
+}
 
 impl Stores {
     pub(crate) fn open(url: &str, names: &Names) -> anyhow::Result<Self> {
-        (0..CONNECTIONS)
+        let stores = (0..CONNECTIONS)
             .map(|_| Store::open(url, names.clone(), Caps::default()).context("opening redis"))
-            .collect::<anyhow::Result<_>>()
-            .map(Self)
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            stores,
+            url: url.to_owned(),
+        })
     }
 
     pub(crate) fn get(&self, i: usize) -> &Store {
-        &self.0[i % self.0.len()]
+        &self.stores[i % self.stores.len()]
+    }
+
+    /// A connection of the bench's own, to look at Redis directly (key
+    /// sizes, backlogs, histories), which the services never do.
+    pub(crate) async fn redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(self.url.as_str())?;
+        Ok(client.get_connection_manager().await?)
     }
 }
 

@@ -1,16 +1,20 @@
 //! What more than one Lifeline service needs, and nothing service-specific:
 //! the wire contracts (beat events on NATS, alert jobs on RabbitMQ), the
-//! monitor state machine, the Redis key layout and store, configuration from
-//! `LIFELINE_*` variables, broker connection helpers and telemetry set-up.
+//! monitor state machine ([`state`]) and the loop that runs it on stored
+//! monitors ([`engine`]), the Redis store (the only code that speaks
+//! Redis), configuration from `LIFELINE_*` variables, broker connection
+//! helpers and telemetry set-up.
 //!
-//! Every name a service creates in NATS, Redis or RabbitMQ comes from
-//! [`names::Names`], so a configurable prefix isolates deployments and tests.
+//! Every name a service creates in NATS, Redis or RabbitMQ derives from
+//! [`names::Names`] (Redis keys through the store's own [`store::Keys`]), so
+//! a configurable prefix isolates deployments and tests.
 //!
 //! "Invariant N" in comments across the workspace is the N-th invariant of
 //! `docs/DESIGN.md`.
 
 pub mod amqp;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod metric;
 pub mod model;

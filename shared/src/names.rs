@@ -1,30 +1,12 @@
-//! Every name Lifeline creates in NATS, Redis and RabbitMQ, as functions of
-//! the configured prefix. A service never builds one by hand.
+//! Every name Lifeline creates in NATS and RabbitMQ, as functions of the
+//! configured prefix, and the sharding of monitors. A service never builds
+//! one by hand. Redis keys are the store's own (`crate::store::Keys`, laid
+//! out in the store's `keys` module), built by the store alone.
 //!
-//! Redis layout (ready for Redis Cluster: one script touches one hash slot).
-//! A monitor belongs to shard `fnv1a(id) % SHARDS`; all of its keys carry that
-//! shard's hash tag `{s<n>}`, shared with the shard's deadline index and alert
-//! outbox, so one script updates a monitor, its deadline and its alerts
-//! atomically:
-//!
-//! | key | type | holds |
-//! | --- | --- | --- |
-//! | `P:{sN}:m:<id>` | hash | `cfg` (JSON config), `st` (JSON state), `ver` |
-//! | `P:{sN}:deadlines` | sorted set | monitor id scored by deadline (ms) |
-//! | `P:{sN}:outbox` | hash | alert id → alert job not yet confirmed by RabbitMQ |
-//! | `P:{sN}:beats:<id>` | list | newest-first beat history, capped |
-//! | `P:{sN}:events:<id>` | list | newest-first state changes, capped |
-//! | `P:{sN}:pushrate:<id>` | string | the push-rate bucket of a monitor's token (GCRA arrival time, ms; expires when idle) |
-//! | `P:token:<sha256>` | string | monitor id of a push token (hashed) |
-//! | `P:monitors` | sorted set | monitor ids by creation time |
-//! | `P:channel:<id>` | string | channel JSON |
-//! | `P:channels` | sorted set | channel ids by creation time |
-//! | `P:delivery:<alert id>` | hash | channel id → delivery record JSON |
-//! | `P:attempts:<alert id>` | list | every delivery attempt of the alert |
-//! | `P:claim:<delivery id>` | string | the notifier attempting a delivery (expires) |
-//! | `P:rate:<sha256>` | string | a destination's rate-limit slot (expires) |
-//! | `P:{pulse}:watermark` | string | newest ingest pulse applied (ms): deadlines fire only up to it |
-//! | `P:{pulse}:outages` | sorted set | push-path outages `{"start","end"}` by start |
+//! A monitor belongs to shard [`shard_of`]`(id)` of [`SHARDS`]: its beats
+//! are published on that shard's subject, and all of its Redis keys carry
+//! that shard's hash tag, shared with the shard's deadline index and alert
+//! outbox.
 
 /// Number of deadline shards. Fixed: changing it moves every monitor.
 pub const SHARDS: u16 = 256;
@@ -37,15 +19,6 @@ pub fn shard_of(id: &str) -> u16 {
         h = h.wrapping_mul(0x0100_0193);
     }
     (h % u32::from(SHARDS)) as u16
-}
-
-/// A shard's Redis hash tag, `{sN}`, written without an allocation.
-struct Tag(u16);
-
-impl std::fmt::Display for Tag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{{s{}}}", self.0)
-    }
 }
 
 /// Names derived from one prefix.
@@ -141,98 +114,6 @@ impl Names {
 
     // --- Redis ---
 
-    fn tag(shard: u16) -> Tag {
-        Tag(shard)
-    }
-
-    /// Monitor hash (`cfg`, `st`, `ver`).
-    pub fn monitor(&self, id: &str) -> String {
-        format!("{}:{}:m:{id}", self.prefix, Self::tag(shard_of(id)))
-    }
-
-    /// Deadline index of a shard.
-    pub fn deadlines(&self, shard: u16) -> String {
-        format!("{}:{}:deadlines", self.prefix, Self::tag(shard))
-    }
-
-    /// Alert outbox of a shard.
-    pub fn outbox(&self, shard: u16) -> String {
-        format!("{}:{}:outbox", self.prefix, Self::tag(shard))
-    }
-
-    /// Beat history of a monitor.
-    pub fn beats(&self, id: &str) -> String {
-        format!("{}:{}:beats:{id}", self.prefix, Self::tag(shard_of(id)))
-    }
-
-    /// State-change history of a monitor.
-    pub fn events(&self, id: &str) -> String {
-        format!("{}:{}:events:{id}", self.prefix, Self::tag(shard_of(id)))
-    }
-
-    /// Push-rate bucket of a monitor's push token, shared by every ingest
-    /// replica: the GCRA theoretical arrival time (ms, Redis clock). It
-    /// expires a second after the token's full burst is available again.
-    pub fn push_rate(&self, id: &str) -> String {
-        format!("{}:{}:pushrate:{id}", self.prefix, Self::tag(shard_of(id)))
-    }
-
-    /// Push token (by its SHA-256) → monitor id.
-    pub fn token(&self, token_hash: &str) -> String {
-        format!("{}:token:{token_hash}", self.prefix)
-    }
-
-    /// Counter bumped whenever a push token is revoked (rotation, deletion):
-    /// ingest replicas watch it and drop their cached token lookups.
-    pub fn token_generation(&self) -> String {
-        format!("{}:tokens:gen", self.prefix)
-    }
-
-    /// Index of all monitors.
-    pub fn monitors_index(&self) -> String {
-        format!("{}:monitors", self.prefix)
-    }
-
-    /// A channel's JSON.
-    pub fn channel(&self, id: &str) -> String {
-        format!("{}:channel:{id}", self.prefix)
-    }
-
-    /// Index of all channels.
-    pub fn channels_index(&self) -> String {
-        format!("{}:channels", self.prefix)
-    }
-
-    /// Delivery records of one alert, by channel id.
-    pub fn delivery(&self, alert_id: &str) -> String {
-        format!("{}:delivery:{alert_id}", self.prefix)
-    }
-
-    /// Attempt log of one alert (every attempt on every channel).
-    pub fn attempts(&self, alert_id: &str) -> String {
-        format!("{}:attempts:{alert_id}", self.prefix)
-    }
-
-    /// Claim on a delivery, held by the notifier attempting it.
-    pub fn delivery_claim(&self, delivery_id: &str) -> String {
-        format!("{}:claim:{delivery_id}", self.prefix)
-    }
-
-    /// Rate-limit slot of a destination (e.g. one Slack webhook URL).
-    pub fn rate_slot(&self, destination_hash: &str) -> String {
-        format!("{}:rate:{destination_hash}", self.prefix)
-    }
-
-    /// Push-path watermark: the newest pulse time applied (ms).
-    pub fn watermark(&self) -> String {
-        format!("{}:{{pulse}}:watermark", self.prefix)
-    }
-
-    /// Outages of the push path, scored by start.
-    pub fn outages(&self) -> String {
-        format!("{}:{{pulse}}:outages", self.prefix)
-    }
-
     /// Pattern matching every Redis key of this prefix (test clean-up only).
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.prefix)
@@ -242,23 +123,6 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn monitor_keys_share_their_shard_tag() {
-        let n = Names::new("p").unwrap();
-        let id = "abc123";
-        let tag = format!("{{s{}}}", shard_of(id));
-        for key in [
-            n.monitor(id),
-            n.beats(id),
-            n.events(id),
-            n.push_rate(id),
-            n.deadlines(shard_of(id)),
-            n.outbox(shard_of(id)),
-        ] {
-            assert!(key.contains(&tag), "{key}");
-        }
-    }
 
     #[test]
     fn shards_are_spread_and_stable() {

@@ -1,4 +1,4 @@
-//! The store against the local Redis. `Store::apply_batch` must leave every
+//! The store against the local Redis. `Engine::apply_batch` must leave every
 //! monitor exactly as applying its inputs one by one would, raise each
 //! alert once however often or concurrently a batch runs, and read the
 //! push-path outages when a deadline fires. A monitor's hash must round-trip
@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use lifeline_shared::{
+    engine::Engine,
     model::{
         AlertEvent, AlertJob, BeatRecord, BeatStatus, MonitorConfig, MonitorState, Reason, Status,
     },
@@ -19,6 +20,15 @@ use lifeline_shared::{
     token,
 };
 use lifeline_testkit::{Scope, brokers::REDIS_URL};
+
+/// A Redis connection of the test's own, to look at keys directly.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS_URL)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
 
 /// A store under a fresh prefix whose keys are deleted on drop.
 struct TestStore {
@@ -62,9 +72,10 @@ impl TestStore {
     /// `t + 1` through a caching store (an evaluator's), which is returned
     /// with a second, uncaching store on the same keys (the API, or another
     /// replica).
-    async fn cached_monitor_and_other_writer(&self, id: &str, t: i64) -> (Store, Store) {
-        let evaluator = self.store.clone().with_cache(1000);
-        let other = Store::open(REDIS_URL, self.names.clone(), Caps::default()).unwrap();
+    async fn cached_monitor_and_other_writer(&self, id: &str, t: i64) -> (Engine, Engine) {
+        let evaluator = self.engine().with_cache(1000);
+        let other =
+            Engine::new(Store::open(REDIS_URL, self.names.clone(), Caps::default()).unwrap());
         self.monitor(id, 60, t).await;
         let b1 = beat(1, t + 1, BeatStatus::Up);
         evaluator
@@ -72,6 +83,11 @@ impl TestStore {
             .await
             .unwrap();
         (evaluator, other)
+    }
+
+    /// An engine (without a cache) on this store.
+    fn engine(&self) -> Engine {
+        Engine::new(self.store.clone())
     }
 
     async fn state(&self, id: &str) -> MonitorState {
@@ -86,9 +102,9 @@ impl TestStore {
     /// The monitor's score in its shard's deadline index.
     async fn indexed_deadline(&self, id: &str) -> Option<i64> {
         let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(self.names.deadlines(shard_of(id)))
+            .arg(self.store.keys().deadlines(shard_of(id)))
             .arg(id)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("zscore");
         score.map(|s| s as i64)
@@ -163,9 +179,9 @@ async fn a_batch_leaves_monitors_as_sequential_applies_do() {
 
     let mut expected = Vec::new();
     for &(id, input) in &inputs {
-        expected.push(one_by_one.store.apply(id, input).await.unwrap());
+        expected.push(one_by_one.engine().apply(id, input).await.unwrap());
     }
-    let got = batched.store.apply_batch(&inputs).await.unwrap();
+    let got = batched.engine().apply_batch(&inputs).await.unwrap();
 
     assert_eq!(got.len(), inputs.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -217,7 +233,7 @@ async fn a_caching_store_applies_beats_as_sequential_applies_do() {
     // The evaluator's store keeps the monitors it wrote: from the second
     // batch on it steps them from its copy instead of reading them.
     let (one_by_one, cached, t) = twin_stores("cache-seq", "cache-bat").await;
-    let cache = cached.store.clone().with_cache(1000);
+    let cache = cached.engine().with_cache(1000);
     let beats = [
         ("a", beat(1, t + 1, BeatStatus::Up)),
         ("b", beat(2, t + 2, BeatStatus::Up)),
@@ -228,7 +244,7 @@ async fn a_caching_store_applies_beats_as_sequential_applies_do() {
         ("a", beat(5, t + 5, BeatStatus::Up)), // a redelivery
     ];
     for (id, b) in &beats {
-        let e = one_by_one.store.apply(id, Input::Beat(b)).await.unwrap();
+        let e = one_by_one.engine().apply(id, Input::Beat(b)).await.unwrap();
         let g = cache.apply_batch(&[(id, Input::Beat(b))]).await.unwrap();
         let (g, e) = (g[0].as_ref().unwrap(), e.as_ref().unwrap());
         assert_eq!(
@@ -339,7 +355,11 @@ async fn beaten_monitors(s: &TestStore, n: usize, at: i64) -> Vec<String> {
     for (i, id) in ids.iter().enumerate() {
         s.monitor(id, 60, at).await;
         let b = beat(i as u64 + 1, at, BeatStatus::Up);
-        s.store.apply(id, Input::Beat(&b)).await.unwrap().unwrap();
+        s.engine()
+            .apply(id, Input::Beat(&b))
+            .await
+            .unwrap()
+            .unwrap();
     }
     ids
 }
@@ -365,7 +385,7 @@ async fn a_batched_tick_raises_one_alert_per_passed_deadline_once() {
     let mut inputs = ticks(&ids, now);
     inputs.push(("quiet", Input::Tick { now }));
     inputs.push(("gone", Input::Tick { now }));
-    let first = s.store.apply_batch(&inputs).await.unwrap();
+    let first = s.engine().apply_batch(&inputs).await.unwrap();
     assert_eq!(first.len(), 52);
     for (id, applied) in ids.iter().zip(&first) {
         let applied = applied.as_ref().expect("monitor exists");
@@ -389,7 +409,7 @@ async fn a_batched_tick_raises_one_alert_per_passed_deadline_once() {
     assert_eq!(s.state("m7").await.status, Status::Down);
 
     // The same batch again (a retry): nothing new.
-    let again = s.store.apply_batch(&inputs).await.unwrap();
+    let again = s.engine().apply_batch(&inputs).await.unwrap();
     assert!(
         again[..50]
             .iter()
@@ -409,7 +429,8 @@ async fn racing_batches_raise_each_alert_once() {
     let now = now_ms();
     let ids = beaten_monitors(&s, 50, now - 120_000).await;
     let inputs = ticks(&ids, now);
-    let runs = futures::future::join_all((0..8).map(|_| s.store.apply_batch(&inputs))).await;
+    let engine = s.engine();
+    let runs = futures::future::join_all((0..8).map(|_| engine.apply_batch(&inputs))).await;
     let mut raised: HashMap<String, usize> = HashMap::new();
     for run in runs {
         for applied in run.unwrap() {
@@ -444,7 +465,7 @@ async fn a_batched_tick_extends_deadlines_inside_an_outage() {
     assert!(outage.is_some());
 
     let held = s
-        .store
+        .engine()
         .apply_batch(&ticks(&ids, deadline + 5_000))
         .await
         .unwrap();
@@ -455,7 +476,7 @@ async fn a_batched_tick_extends_deadlines_inside_an_outage() {
         assert_eq!(s.indexed_deadline(id).await, Some(deadline + 6_000));
     }
     let fired = s
-        .store
+        .engine()
         .apply_batch(&ticks(&ids, deadline + 6_000))
         .await
         .unwrap();
@@ -469,8 +490,8 @@ async fn a_batched_tick_extends_deadlines_inside_an_outage() {
 impl TestStore {
     /// `OBJECT ENCODING` and `MEMORY USAGE … SAMPLES 0` of monitor `id`'s hash.
     async fn footprint(&self, id: &str) -> (String, u64) {
-        let key = self.names.monitor(id);
-        let mut conn = self.store.conn();
+        let key = self.store.keys().monitor(id);
+        let mut conn = redis().await;
         let encoding: String = redis::cmd("OBJECT")
             .arg("ENCODING")
             .arg(&key)
@@ -490,19 +511,19 @@ impl TestStore {
 
     async fn hset(&self, id: &str, field: &str, value: &str) {
         let _: () = redis::cmd("HSET")
-            .arg(self.names.monitor(id))
+            .arg(self.store.keys().monitor(id))
             .arg(field)
             .arg(value)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("hset");
     }
 
     async fn hexists(&self, id: &str, field: &str) -> bool {
         redis::cmd("HEXISTS")
-            .arg(self.names.monitor(id))
+            .arg(self.store.keys().monitor(id))
             .arg(field)
-            .query_async(&mut self.store.conn())
+            .query_async(&mut redis().await)
             .await
             .expect("hexists")
     }
@@ -538,7 +559,7 @@ async fn a_typical_monitor_is_a_small_listpack() {
     assert_eq!(encoding, "listpack");
     // A beat far into the stream: the state's numbers at their widest.
     let b = beat(1 << 40, t + 1, BeatStatus::Up);
-    s.store.apply("typical", Input::Beat(&b)).await.unwrap();
+    s.engine().apply("typical", Input::Beat(&b)).await.unwrap();
     let (encoding, committed) = s.footprint("typical").await;
     eprintln!("monitor hash: {created} B created, {committed} B after a beat ({encoding})");
     assert_eq!(encoding, "listpack");
@@ -558,7 +579,7 @@ async fn settings_and_state_round_trip_through_commits() {
         .await
         .unwrap();
     let b = beat(9, t + 1, BeatStatus::Down);
-    s.store.apply("r", Input::Beat(&b)).await.unwrap();
+    s.engine().apply("r", Input::Beat(&b)).await.unwrap();
 
     // New settings with every optional value set, in the same write as a step.
     let reminded = MonitorConfig {
@@ -571,7 +592,7 @@ async fn settings_and_state_round_trip_through_commits() {
         ..cfg.clone()
     };
     let applied = s
-        .store
+        .engine()
         .apply_with("r", Input::Retime { now: t + 2 }, |_| {
             Some(reminded.clone())
         })
@@ -593,7 +614,7 @@ async fn settings_and_state_round_trip_through_commits() {
         ..reminded
     };
     let applied = s
-        .store
+        .engine()
         .apply_with("r", Input::Retime { now: t + 3 }, |_| Some(plain.clone()))
         .await
         .unwrap()
@@ -619,7 +640,7 @@ async fn a_long_name_and_many_channels_still_round_trip() {
         .unwrap();
     let b = beat(1, t + 1, BeatStatus::Up);
     let applied = s
-        .store
+        .engine()
         .apply("large", Input::Beat(&b))
         .await
         .unwrap()
@@ -642,13 +663,13 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
             field,
             problem,
         }) => {
-            assert_eq!((key, field), (s.names.monitor("m"), "t"));
+            assert_eq!((key, field), (s.store.keys().monitor("m"), "t"));
             assert!(problem.contains("sixty"), "{problem}");
         }
         other => panic!("{other:?}"),
     }
     let b = beat(1, t + 1, BeatStatus::Up);
-    let batch = s.store.apply_batch(&[("m", Input::Beat(&b))]).await;
+    let batch = s.engine().apply_batch(&[("m", Input::Beat(&b))]).await;
     assert!(matches!(
         batch,
         Err(StoreError::CorruptField { field: "t", .. })
@@ -656,12 +677,12 @@ async fn a_field_that_does_not_parse_is_a_corrupt_record() {
 
     s.hset("m", "t", "60").await;
     let _: () = redis::cmd("HDEL")
-        .arg(s.names.monitor("m"))
+        .arg(s.store.keys().monitor("m"))
         .arg("s")
-        .query_async(&mut s.store.conn())
+        .query_async(&mut redis().await)
         .await
         .unwrap();
-    let err = s.store.apply("m", Input::Beat(&b)).await.unwrap_err();
+    let err = s.engine().apply("m", Input::Beat(&b)).await.unwrap_err();
     assert!(
         matches!(err, StoreError::CorruptField { field: "s", .. }),
         "{err}"
@@ -677,18 +698,18 @@ async fn a_commit_after_redis_forgot_its_scripts_loads_them_again() {
     let t = now_ms();
     s.monitor("m1", 60, t).await;
     let b1 = beat(1, t + 1, BeatStatus::Up);
-    s.store
+    s.engine()
         .apply_batch(&[("m1", Input::Beat(&b1))])
         .await
         .expect("first beat");
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
-        .query_async(&mut s.store.conn())
+        .query_async(&mut redis().await)
         .await
         .expect("script flush");
     let b2 = beat(2, t + 2, BeatStatus::Up);
     let applied = s
-        .store
+        .engine()
         .apply_batch(&[("m1", Input::Beat(&b2))])
         .await
         .expect("a beat after SCRIPT FLUSH is applied");

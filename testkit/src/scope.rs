@@ -281,7 +281,7 @@ async fn delete_amqp(conn: &lapin::Connection, queues: &[String], exchanges: &[S
 #[cfg(test)]
 mod tests {
     use lapin::options::ExchangeDeclareOptions;
-    use lifeline_shared::amqp;
+    use lifeline_shared::{amqp, store::Keys};
 
     use super::*;
 
@@ -313,7 +313,7 @@ mod tests {
         let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
         for n in [&names, other.names()] {
             let _: () = redis::cmd("SET")
-                .arg(n.monitor("m1"))
+                .arg(Keys::new(n).monitor("m1"))
                 .arg("x")
                 .query_async(&mut conn)
                 .await
@@ -335,13 +335,13 @@ mod tests {
         drop(scope);
 
         let exists: u32 = redis::cmd("EXISTS")
-            .arg(names.monitor("m1"))
+            .arg(Keys::new(&names).monitor("m1"))
             .query_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(exists, 0, "the scope's key is gone");
         let kept: u32 = redis::cmd("EXISTS")
-            .arg(other.names().monitor("m1"))
+            .arg(Keys::new(other.names()).monitor("m1"))
             .query_async(&mut conn)
             .await
             .unwrap();

@@ -74,23 +74,22 @@ struct Backlog {
 /// Samples [`Backlog`] every second until aborted; the deadline index and
 /// the outboxes are read in one pipelined round trip.
 async fn sample_backlog(
-    store: lifeline_shared::store::Store,
+    keys: lifeline_shared::store::Keys,
+    mut conn: redis::aio::ConnectionManager,
     last_deadline: i64,
     out: std::sync::Arc<std::sync::Mutex<Backlog>>,
 ) {
-    let names = store.names().clone();
-    let mut conn = store.conn();
     loop {
         let now = now_ms();
         let mut pipe = redis::pipe();
         for shard in 0..SHARDS {
             pipe.cmd("ZCOUNT")
-                .arg(names.deadlines(shard))
+                .arg(keys.deadlines(shard))
                 .arg("-inf")
                 .arg(now);
         }
         for shard in 0..SHARDS {
-            pipe.cmd("HLEN").arg(names.outbox(shard));
+            pipe.cmd("HLEN").arg(keys.outbox(shard));
         }
         if let Ok(counts) = pipe.query_async::<Vec<u64>>(&mut conn).await {
             let (due, outbox) = counts.split_at(usize::from(SHARDS));
@@ -219,7 +218,8 @@ async fn one(env: &Env, n: usize, opts: &DetectionOpts) -> anyhow::Result<Detect
     let cpu = CpuWatch::start(cpu_groups(Some(&stack)));
     let backlog = std::sync::Arc::new(std::sync::Mutex::new(Backlog::default()));
     let sampler = tokio::spawn(sample_backlog(
-        stores.get(0).clone(),
+        stores.get(0).keys().clone(),
+        stores.redis().await?,
         first + window_ms,
         backlog.clone(),
     ));

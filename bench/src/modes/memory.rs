@@ -79,7 +79,7 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
     let names = env.scope("memory");
     let stores = Stores::open(&env.brokers.redis_url, &names)?;
     let store = stores.get(0).clone();
-    let mut conn = store.conn();
+    let mut conn = stores.redis().await?;
     let n = opts.monitors;
     let before = used_memory(&mut conn).await?;
     eprintln!(
@@ -99,28 +99,28 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
         .collect();
     let (mut hash, mut token_key) = (0u64, 0u64);
     for (k, id) in sample.iter().enumerate() {
-        hash += memory_usage(&mut conn, &store.names().monitor(id)).await?;
+        hash += memory_usage(&mut conn, &store.keys().monitor(id)).await?;
         let i = k * step;
         let token_hash = lifeline_shared::token::hash(&monitors.tokens[i]);
-        token_key += memory_usage(&mut conn, &store.names().token(&token_hash)).await?;
+        token_key += memory_usage(&mut conn, &store.keys().token(&token_hash)).await?;
     }
     let sampled = sample.len();
     let per = |total: u64| total as f64 / sampled as f64;
     let (hash, token_key) = (per(hash), per(token_key));
     let mut deadlines = 0u64;
     for shard in 0..SHARDS {
-        deadlines += memory_usage(&mut conn, &store.names().deadlines(shard)).await?;
+        deadlines += memory_usage(&mut conn, &store.keys().deadlines(shard)).await?;
     }
     let deadline_share = deadlines as f64 / n as f64;
     let index_share =
-        memory_usage(&mut conn, &store.names().monitors_index()).await? as f64 / n as f64;
+        memory_usage(&mut conn, &store.keys().monitors_index()).await? as f64 / n as f64;
     let first = &monitors.ids[0];
-    let hash_encoding = encoding(&mut conn, &store.names().monitor(first)).await;
-    let zset_encoding = encoding(&mut conn, &store.names().deadlines(shard_of(first))).await;
+    let hash_encoding = encoding(&mut conn, &store.keys().monitor(first)).await;
+    let zset_encoding = encoding(&mut conn, &store.keys().deadlines(shard_of(first))).await;
     // The layout as stored: how many fields, and the longest value (Redis
     // keeps a hash as a listpack while every value is ≤ 64 B by default).
     let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg(store.names().monitor(first))
+        .arg(store.keys().monitor(first))
         .query_async(&mut conn)
         .await?;
     let longest = fields.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
@@ -162,10 +162,10 @@ pub(crate) async fn run(env: &Env, opts: &MemoryOpts) -> anyhow::Result<Section>
         .await?;
     let mut beats_total = 0u64;
     for id in &beat_ids {
-        beats_total += memory_usage(&mut conn, &store.names().beats(id)).await?;
+        beats_total += memory_usage(&mut conn, &store.keys().beats(id)).await?;
     }
     let per_beat = beats_total as f64 / (beat_ids.len() as u64 * BEATS) as f64;
-    let beats_encoding = encoding(&mut conn, &store.names().beats(beat_ids[0])).await;
+    let beats_encoding = encoding(&mut conn, &store.keys().beats(beat_ids[0])).await;
     let beat_monitors = beat_ids.len();
 
     // Resident memory of the services, idle then under push load.

@@ -212,12 +212,12 @@ async fn check_histories(
     ok_per_monitor: &[u32],
 ) -> anyhow::Result<usize> {
     let store = stores.get(0);
-    let mut conn = store.conn();
+    let mut conn = stores.redis().await?;
     let mut mismatches = 0;
     for (chunk_ids, chunk_ok) in ids.chunks(1000).zip(ok_per_monitor.chunks(1000)) {
         let mut pipe = redis::pipe();
         for id in chunk_ids {
-            pipe.cmd("LLEN").arg(store.names().beats(id));
+            pipe.cmd("LLEN").arg(store.keys().beats(id));
         }
         let lens: Vec<u32> = pipe.query_async(&mut conn).await?;
         mismatches += lens

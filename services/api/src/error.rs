@@ -18,7 +18,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use lifeline_shared::store::StoreError;
-use redis::{ErrorKind, ServerErrorKind};
 use serde_json::{Map, Value, json};
 
 /// Why a request was refused or failed.
@@ -140,30 +139,12 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// Whether a Redis error means "Redis cannot serve right now" rather than a bug.
-fn unavailable(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ReadOnly
-                )
-        )
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match &e {
-            StoreError::Redis(r) if unavailable(r) => Self::Unavailable(e),
-            _ => Self::Internal(e),
+        if e.is_unavailable() {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
         }
     }
 }
@@ -247,6 +228,20 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
+    /// What the store says when nothing listens on Redis's port.
+    async fn unreachable_redis() -> StoreError {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let names = lifeline_shared::names::Names::new("api-error-test").unwrap();
+        let url = format!("redis://127.0.0.1:{port}");
+        let store = lifeline_shared::store::Store::open(&url, names, Default::default()).unwrap();
+        let e = store.ping().await.unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        e
+    }
+
     #[tokio::test]
     async fn renders_json_bodies() {
         let (s, v) = render(ApiError::invalid("timeout", "bad")).await;
@@ -257,9 +252,7 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(v, json!({"error": "monitor not found"}));
 
-        let io =
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        let (s, v) = render(StoreError::Redis(io).into()).await;
+        let (s, v) = render(unreachable_redis().await.into()).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(v, json!({"error": "storage unavailable"}));
 

@@ -20,6 +20,7 @@ use std::{sync::Arc, time::Duration};
 
 use lifeline_shared::{
     amqp::Publisher,
+    engine::Engine,
     store::{Store, StoreError},
 };
 use tokio::net::TcpListener;
@@ -39,6 +40,8 @@ pub use routes::router;
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) store: Store,
+    /// Steps monitors through the state machine (pause, resume, new settings).
+    pub(crate) engine: Engine,
     pub(crate) api_key: Arc<auth::ApiKey>,
     pub(crate) public_url: Arc<str>,
     /// Sends test alerts; connects on first use, reconnects after a failure.
@@ -61,6 +64,7 @@ impl AppState {
             config.caps,
         )?;
         Ok(Self {
+            engine: Engine::new(store.clone()),
             store,
             api_key: Arc::new(auth::ApiKey::new(&config.api_key)),
             public_url: config.public_url.trim_end_matches('/').into(),

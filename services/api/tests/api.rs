@@ -28,6 +28,15 @@ use tokio_util::sync::CancellationToken;
 const KEY: &str = "test-api-key-0123456789";
 const PUBLIC_URL: &str = "http://push.example:8080";
 
+/// A Redis connection of the test's own, to look at keys directly.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// One API instance on port 0 with a fresh prefix.
 struct TestApp {
     base: String,
@@ -137,7 +146,7 @@ impl TestApp {
             value: Some(seq as f64),
             late: false,
         };
-        self.store
+        lifeline_shared::engine::Engine::new(self.store.clone())
             .apply(id, Input::Beat(&b))
             .await
             .unwrap()
@@ -910,10 +919,9 @@ async fn patching_the_timeout_moves_the_deadline() {
     assert_eq!(v["status"], "up");
     assert_eq!(v["deadline"], rfc3339(t + 60_000));
     // The deadline index moved in the same write.
-    let score: Option<i64> = app
-        .store
-        .conn()
-        .zscore(app.names.deadlines(shard_of(id)), id)
+    let score: Option<i64> = redis()
+        .await
+        .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
     assert_eq!(score, Some(t + 60_000));
@@ -1054,9 +1062,9 @@ async fn reminders_and_confirm_are_validated_shown_and_applied() {
     assert_eq!(v["deadline"], Value::Null);
     assert_eq!(v["next_reminder_at"], rfc3339(t + 600_000));
     let score = |app: &TestApp| {
-        let (mut conn, key) = (app.store.conn(), app.names.deadlines(shard_of(id)));
+        let key = app.store.keys().deadlines(shard_of(id));
         async move {
-            let s: Option<i64> = conn.zscore(key, id).await.unwrap();
+            let s: Option<i64> = redis().await.zscore(key, id).await.unwrap();
             s
         }
     };
@@ -1091,8 +1099,7 @@ async fn reminders_and_confirm_are_validated_shown_and_applied() {
     let id = m["id"].as_str().unwrap();
     let t0 = now_ms() - 90_000;
     app.beat(id, 1, t0, BeatStatus::Up, None).await;
-    let ticked = app
-        .store
+    let ticked = lifeline_shared::engine::Engine::new(app.store.clone())
         .apply(id, Input::Tick { now: now_ms() })
         .await
         .unwrap()
@@ -1275,10 +1282,9 @@ async fn deleting_a_monitor_removes_it_and_its_token() {
     );
     assert!(app.store.monitor_ids().await.unwrap().is_empty());
     assert!(app.store.beats(id, 10).await.unwrap().is_empty());
-    let score: Option<i64> = app
-        .store
-        .conn()
-        .zscore(app.names.deadlines(shard_of(id)), id)
+    let score: Option<i64> = redis()
+        .await
+        .zscore(app.store.keys().deadlines(shard_of(id)), id)
         .await
         .unwrap();
     assert_eq!(score, None);
@@ -1343,8 +1349,12 @@ async fn rotations_racing_edits_leave_exactly_one_live_token() {
     let stored = app.store.monitor(id).await.unwrap().unwrap();
     assert_eq!(stored.cfg.token_hash, token::hash(&last));
     assert_eq!(stored.cfg.name, "n14");
-    let live: Vec<String> = app.store.conn().keys(app.names.token("*")).await.unwrap();
-    assert_eq!(live, [app.names.token(&token::hash(&last))]);
+    let live: Vec<String> = redis()
+        .await
+        .keys(app.store.keys().token("*"))
+        .await
+        .unwrap();
+    assert_eq!(live, [app.store.keys().token(&token::hash(&last))]);
 }
 
 /// The job a test alert publishes, checked field by field.

@@ -30,7 +30,7 @@ pub struct Config {
     pub sweep_every: Duration,
     /// `LIFELINE_MONITOR_CACHE` (default 100000, 0 = off): monitors kept in
     /// memory as this replica last wrote them, so a beat is applied without
-    /// reading its monitor first (see `Store::with_cache`).
+    /// reading its monitor first (see `Engine::with_cache`).
     pub monitor_cache: usize,
 }
 

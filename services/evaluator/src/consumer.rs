@@ -5,7 +5,7 @@
 //! together, see [`BeatBatch`]); each beat is routed to a lane by its
 //! monitor id, so one monitor's beats are applied in order by one task,
 //! while many monitors proceed in parallel. A lane applies what it holds in
-//! one [`Store::apply_batch`] (a few pipelined Redis round trips, however
+//! one [`Engine::apply_batch`] (a few pipelined Redis round trips, however
 //! many beats). A message is acknowledged only after every beat it carries
 //! is committed to Redis (state, deadline, history, alert jobs); a crash
 //! before the ack means a redelivery, whose beats the state machine
@@ -32,12 +32,13 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
+    engine::{Applied, Engine},
     metric,
     model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
     names::Names,
     nats,
     state::{BeatDisposition, Input},
-    store::{Applied, Store, StoreError},
+    store::{Store, StoreError},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +65,7 @@ const MAX_ACK_PENDING: i64 = 8192;
 /// Consumes beats until `shutdown`, reconnecting after failures.
 pub(crate) async fn run(
     js: jetstream::Context,
-    store: Store,
+    engine: Engine,
     names: Names,
     lanes: usize,
     jobs: crate::outbox::Relay,
@@ -72,7 +73,7 @@ pub(crate) async fn run(
 ) {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&js, &store, &names, lanes, &jobs, &shutdown).await {
+        match consume(&js, &engine, &names, lanes, &jobs, &shutdown).await {
             Ok(()) => delay = Duration::from_millis(200),
             Err(error) => {
                 tracing::warn!(
@@ -102,7 +103,7 @@ fn consumer_config(names: &Names) -> pull::Config {
 
 async fn consume(
     js: &jetstream::Context,
-    store: &Store,
+    engine: &Engine,
     names: &Names,
     lanes: usize,
     jobs: &crate::outbox::Relay,
@@ -135,7 +136,7 @@ async fn consume(
         senders.push(tx);
         workers.push(tokio::spawn(lane(
             rx,
-            store.clone(),
+            engine.clone(),
             jobs.clone(),
             shutdown.clone(),
         )));
@@ -161,7 +162,7 @@ async fn consume(
             if !drain(&senders).await {
                 break Err(anyhow::anyhow!("beat lane stopped"));
             }
-            handle_pulse(store, msg).await;
+            handle_pulse(engine.store(), msg).await;
             continue;
         }
         let Some(beats) = parse_beats(&msg) else {
@@ -324,7 +325,7 @@ async fn handle_pulse(store: &Store, msg: jetstream::Message) {
 /// holds; each message is acknowledged once all its beats are committed.
 async fn lane(
     mut rx: mpsc::Receiver<Work>,
-    store: Store,
+    engine: Engine,
     jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
@@ -350,7 +351,7 @@ async fn lane(
         if !held.is_empty() {
             // Shut down before the beats could be applied: leave them
             // unacknowledged so they are redelivered.
-            if !apply(&store, &held, &jobs, &shutdown).await {
+            if !apply(&engine, &held, &jobs, &shutdown).await {
                 return;
             }
             for (group, _, _) in held.drain(..) {
@@ -365,7 +366,7 @@ async fn lane(
 
 /// Applies `held` until it succeeds (true) or `shutdown` (false).
 async fn apply(
-    store: &Store,
+    engine: &Engine,
     held: &[(Arc<AckGroup>, String, BeatRecord)],
     jobs: &crate::outbox::Relay,
     shutdown: &CancellationToken,
@@ -376,7 +377,7 @@ async fn apply(
         .collect();
     let mut delay = Duration::from_millis(100);
     loop {
-        let error = match store.apply_batch(&inputs).await {
+        let error = match engine.apply_batch(&inputs).await {
             Ok(results) => {
                 let mut tally = Tally::default();
                 for applied in results {
@@ -388,7 +389,7 @@ async fn apply(
             // the lane: apply one by one, and give up on that monitor's beat
             // only (it cannot be applied to a record that does not parse).
             Err(StoreError::Corrupt { .. } | StoreError::CorruptField { .. }) => {
-                match apply_one_by_one(store, &inputs, jobs).await {
+                match apply_one_by_one(engine, &inputs, jobs).await {
                     Ok(()) => return true,
                     Err(error) => error,
                 }
@@ -404,17 +405,17 @@ async fn apply(
     }
 }
 
-/// [`Store::apply`] on each input in turn; a beat of a monitor whose record
+/// [`Engine::apply`] on each input in turn; a beat of a monitor whose record
 /// does not parse is logged and counted (`result="corrupt_monitor"`), then
 /// left; any other error stops.
 async fn apply_one_by_one(
-    store: &Store,
+    engine: &Engine,
     inputs: &[(&str, Input<'_>)],
     jobs: &crate::outbox::Relay,
 ) -> Result<(), StoreError> {
     let mut tally = Tally::default();
     for (id, input) in inputs {
-        match store.apply(id, *input).await {
+        match engine.apply(id, *input).await {
             Ok(applied) => tally.record(applied, jobs),
             Err(error @ (StoreError::Corrupt { .. } | StoreError::CorruptField { .. })) => {
                 tracing::error!(monitor.id = %id, %error, "beat not applied: the monitor's record does not parse");

@@ -3,7 +3,7 @@
 //! Every tick, one pipelined read of all deadline shards lists the monitors
 //! whose deadline is at or before now, oldest first; each goes through the
 //! state machine as a `Tick`, in batches of [`BATCH`] monitors written by
-//! [`Store::apply_batch`] in a few pipelined round trips, [`IN_FLIGHT`]
+//! [`Engine::apply_batch`] in a few pipelined round trips, [`IN_FLIGHT`]
 //! batches at once. Deadlines live in Redis, not in the process, so one that
 //! passed while every evaluator was stopped is fired by the first tick after
 //! a start (invariant 4). Replicas may tick the same monitor at once: the
@@ -32,10 +32,11 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt as _;
 use lifeline_shared::{
+    engine::{Applied, Engine},
     metric,
     names::shard_of,
     state::Input,
-    store::{Applied, Store, StoreError},
+    store::{Store, StoreError},
     time::now_ms,
 };
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 /// Due monitors read per shard and tick (256 shards: at most 65,536 a tick).
 const DUE_PER_SHARD: usize = 256;
 
-/// Due monitors evaluated together by one [`Store::apply_batch`].
+/// Due monitors evaluated together by one [`Engine::apply_batch`].
 const BATCH: usize = 512;
 
 /// Batches evaluated at once.
@@ -51,7 +52,7 @@ const IN_FLIGHT: usize = 4;
 
 /// Fires passed deadlines every `tick` until `shutdown`.
 pub(crate) async fn run(
-    store: Store,
+    engine: Engine,
     tick: Duration,
     jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
@@ -60,6 +61,7 @@ pub(crate) async fn run(
     // A tick that overran is followed at once by the next, then the period
     // counts from there.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let store = engine.store();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -112,7 +114,7 @@ pub(crate) async fn run(
         // spawned task's `Send` check ("FnOnce is not general enough").
         let batches = (0..ids.len()).step_by(BATCH).map(|start| {
             let batch = &ids[start..ids.len().min(start + BATCH)];
-            fire(&store, batch, now, &jobs)
+            fire(&engine, batch, now, &jobs)
         });
         let all_fired = futures::stream::iter(batches)
             .buffer_unordered(IN_FLIGHT)
@@ -138,12 +140,13 @@ fn truncated(due: &[(String, i64)]) -> bool {
 
 /// Fires the deadlines of `ids` at `now`; false if some were not evaluated
 /// (they are retried next tick).
-async fn fire(store: &Store, ids: &[String], now: i64, jobs: &crate::outbox::Relay) -> bool {
+async fn fire(engine: &Engine, ids: &[String], now: i64, jobs: &crate::outbox::Relay) -> bool {
+    let store = engine.store();
     let inputs: Vec<(&str, Input<'_>)> = ids
         .iter()
         .map(|id| (id.as_str(), Input::Tick { now }))
         .collect();
-    match store.apply_batch(&inputs).await {
+    match engine.apply_batch(&inputs).await {
         Ok(results) => {
             for (id, applied) in ids.iter().zip(results) {
                 fired(store, id, applied, jobs).await;
@@ -155,7 +158,7 @@ async fn fire(store: &Store, ids: &[String], now: i64, jobs: &crate::outbox::Rel
         Err(StoreError::Corrupt { .. } | StoreError::CorruptField { .. }) => {
             let mut all = true;
             for id in ids {
-                match store.apply(id, Input::Tick { now }).await {
+                match engine.apply(id, Input::Tick { now }).await {
                     Ok(applied) => fired(store, id, applied, jobs).await,
                     Err(error) => {
                         tracing::warn!(monitor.id = %id, %error, "deadline not evaluated; retrying next tick");

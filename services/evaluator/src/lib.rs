@@ -22,7 +22,7 @@ mod outbox;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use lifeline_shared::{amqp::Publisher, http, nats, store::Store};
+use lifeline_shared::{amqp::Publisher, engine::Engine, http, nats, store::Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +37,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let names = config.common.names.clone();
     let store = Store::open(&config.common.redis_url, names.clone(), config.caps)
-        .context("opening redis")?
-        .with_cache(config.monitor_cache);
+        .context("opening redis")?;
+    let engine = Engine::new(store.clone()).with_cache(config.monitor_cache);
     let client = nats::connect(&config.common.nats_url)
         .await
         .context("connecting to nats")?;
@@ -88,14 +88,14 @@ pub async fn run(
         shutdown.clone(),
     ));
     let ticker = tokio::spawn(deadlines::run(
-        store.clone(),
+        engine.clone(),
         config.tick,
         jobs_tx.clone(),
         shutdown.clone(),
     ));
     let consumer = tokio::spawn(consumer::run(
         js,
-        store,
+        engine,
         names,
         config.lanes,
         jobs_tx,

@@ -35,7 +35,6 @@ pub(crate) struct AppState {
 }
 
 struct Inner {
-    config: Config,
     store: Store,
     nats: async_nats::Client,
     batcher: publish::Batcher,
@@ -80,10 +79,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
     let limiter = config
         .push_limit
-        .map(|limit| limit::Limiter::new(limit, store.conn(), config.common.names.clone()));
+        .map(|limit| limit::Limiter::new(limit, store.clone()));
     let state = AppState {
         inner: Arc::new(Inner {
-            config,
             store,
             nats: client,
             batcher,
@@ -93,18 +91,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }),
     };
     let watching = state.clone();
-    let (conn, names) = (
-        state.inner.store.conn(),
-        state.inner.config.common.names.clone(),
-    );
+    let store = state.inner.store.clone();
     let watch_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        watching
-            .inner
-            .tokens
-            .watch(conn, names, watch_shutdown)
-            .await
-    });
+    tokio::spawn(async move { watching.inner.tokens.watch(store, watch_shutdown).await });
     let checking = state.inner.store.clone();
     let check_shutdown = shutdown.clone();
     tokio::spawn(async move { checking.warn_if_volatile("ingest", check_shutdown).await });

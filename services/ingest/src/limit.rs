@@ -8,14 +8,14 @@
 //! # The shared bucket
 //!
 //! The authority is one generic cell rate algorithm (GCRA) bucket per
-//! monitor in Redis ([`Names::push_rate`]): a single number, the
+//! monitor in Redis ([`Store::take_push_tokens`]): a single number, the
 //! "theoretical arrival time" (TAT, Redis clock, ms). Each push moves it on
 //! by the emission interval `T = period / n`; a push is admitted while
 //! `TAT + T - now <= b × T`. So from an idle start `b` pushes pass at once,
 //! then one per `T`, and over any span `D` at most `b + D / T` pass, however
-//! many replicas share the work. The script reads the time from Redis, so
-//! replicas' clocks do not matter, and touches one key, so it is ready for
-//! Redis Cluster.
+//! many replicas share the work. The script (in the store) reads the time
+//! from Redis, so replicas' clocks do not matter, and touches one key, so it
+//! is ready for Redis Cluster.
 //!
 //! # Local leases: no Redis round trip per push at high rates
 //!
@@ -65,12 +65,11 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, LazyLock, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use lifeline_shared::names::Names;
-use redis::{Script, aio::ConnectionManager};
+use lifeline_shared::store::Store;
 use tokio::sync::{Notify, futures::OwnedNotified};
 
 /// Longest wait for the shared bucket before deciding locally.
@@ -251,28 +250,6 @@ impl Grant {
     }
 }
 
-// One monitor's GCRA bucket, leasing up to ARGV[3] tokens at once.
-// KEYS: the monitor's push-rate key (TAT, ms, Redis clock).
-// ARGV: interval T (ms), tolerance b × T (ms), tokens wanted.
-// Returns {granted, ceil(TAT - now) in ms}.
-const TAKE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if tat < now then tat = now end
-local room = math.floor((now + tolerance - tat) / interval + 1e-9)
-local granted = math.max(0, math.min(tonumber(ARGV[3]), room))
-if granted > 0 then
-  tat = tat + granted * interval
-  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-end
-return {granted, math.ceil(tat - now)}
-"#;
-
-static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_LUA));
-
 /// What a replica knows of one monitor's bucket.
 #[derive(Debug)]
 struct Entry {
@@ -361,19 +338,17 @@ impl Drop for Asking<'_> {
 /// The rate limiter of one ingest replica.
 pub(crate) struct Limiter {
     limit: RateLimit,
-    conn: ConnectionManager,
-    names: Names,
+    store: Store,
     epoch: Instant,
     entries: Mutex<Tracked>,
     redis_down_until: Mutex<Option<Instant>>,
 }
 
 impl Limiter {
-    pub(crate) fn new(limit: RateLimit, conn: ConnectionManager, names: Names) -> Self {
+    pub(crate) fn new(limit: RateLimit, store: Store) -> Self {
         Self {
             limit,
-            conn,
-            names,
+            store,
             epoch: Instant::now(),
             entries: Mutex::new(Tracked {
                 map: HashMap::new(),
@@ -478,19 +453,17 @@ impl Limiter {
     /// Takes up to `want` tokens from the shared bucket; `None` when Redis
     /// did not answer (it is then not asked for [`REDIS_BACKOFF`]).
     async fn take(&self, monitor_id: &str, want: u32) -> Option<Grant> {
-        let mut conn = self.conn.clone();
-        let key = self.names.push_rate(monitor_id);
-        let mut invocation = TAKE.key(&key);
-        invocation
-            .arg(self.limit.interval_ms())
-            .arg(self.limit.tolerance_ms())
-            .arg(want);
-        let call = invocation.invoke_async::<(u32, i64)>(&mut conn);
+        let call = self.store.take_push_tokens(
+            monitor_id,
+            self.limit.interval_ms(),
+            self.limit.tolerance_ms(),
+            want,
+        );
         let error = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-            Ok(Ok((granted, debt_ms))) => {
+            Ok(Ok(taken)) => {
                 return Some(Grant {
-                    granted,
-                    debt_ms: debt_ms as f64,
+                    granted: taken.granted,
+                    debt_ms: taken.debt_ms as f64,
                 });
             }
             Ok(Err(e)) => e.to_string(),
@@ -788,10 +761,20 @@ mod tests {
 
     /// A limiter on `redis_url` under a fresh prefix.
     fn limiter(redis_url: &str, limit: RateLimit) -> Limiter {
-        use lifeline_shared::{store::Store, token};
+        use lifeline_shared::{names::Names, store::Store, token};
         let names = Names::new(&format!("limit-test-{}", token::new_id())).unwrap();
         let store = Store::open(redis_url, names.clone(), Default::default()).unwrap();
-        Limiter::new(limit, store.conn(), names)
+        Limiter::new(limit, store)
+    }
+
+    /// A connection of the test's own, to look at the buckets and remove
+    /// them.
+    async fn redis() -> redis::aio::MultiplexedConnection {
+        redis::Client::open("redis://127.0.0.1:6379")
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 
     /// One push a minute, bursts of 8: slow enough that nothing refills
@@ -827,15 +810,15 @@ mod tests {
         assert!(l.check("m3").await.is_err());
 
         // The bucket expires by itself once it would be full again.
-        let mut conn = l.conn.clone();
-        let key = l.names.push_rate("m1");
+        let mut conn = redis().await;
+        let key = l.store.keys().push_rate("m1");
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut conn)
             .await
             .unwrap();
         assert!((470_000..=481_000).contains(&ttl), "{ttl}");
-        let keys = ["m1", "m2", "m3"].map(|m| l.names.push_rate(m));
+        let keys = ["m1", "m2", "m3"].map(|m| l.store.keys().push_rate(m));
         let _: () = redis::cmd("DEL")
             .arg(&keys)
             .query_async(&mut conn)
@@ -865,9 +848,9 @@ mod tests {
                 assert!(more <= 5, "round {round}: over the burst");
             }
         }
-        let mut conn = l.conn.clone();
+        let mut conn = redis().await;
         let keys: Vec<String> = (0..20)
-            .map(|r| l.names.push_rate(&format!("c{r}")))
+            .map(|r| l.store.keys().push_rate(&format!("c{r}")))
             .collect();
         let _: () = redis::cmd("DEL")
             .arg(&keys)

@@ -4,7 +4,7 @@
 //! # Revocation within a second
 //!
 //! The API bumps a counter in Redis whenever it revokes a token (rotation,
-//! deletion: [`Names::token_generation`]). Every [`WATCH_EVERY`] a task
+//! deletion: [`Store::token_generation`]). Every [`WATCH_EVERY`] a task
 //! reads the counter, and when it moved, the whole cache is dropped. A known
 //! token's lookup is therefore kept as long as no token is revoked, and a
 //! revoked one stops working within about `WATCH_EVERY` plus one Redis round
@@ -27,8 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lifeline_shared::names::Names;
-use redis::aio::ConnectionManager;
+use lifeline_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
 /// Entries kept before expired ones are swept.
@@ -130,13 +129,7 @@ impl TokenCache {
     }
 
     /// Reads the revocation counter every [`WATCH_EVERY`] until `shutdown`.
-    pub(crate) async fn watch(
-        &self,
-        mut conn: ConnectionManager,
-        names: Names,
-        shutdown: CancellationToken,
-    ) {
-        let key = names.token_generation();
+    pub(crate) async fn watch(&self, store: Store, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(WATCH_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -144,15 +137,9 @@ impl TokenCache {
                 _ = shutdown.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let read = tokio::time::timeout(WATCH_EVERY, async {
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query_async::<Option<i64>>(&mut conn)
-                    .await
-            })
-            .await;
+            let read = tokio::time::timeout(WATCH_EVERY, store.token_generation()).await;
             match read {
-                Ok(Ok(generation)) => self.observe(generation.unwrap_or(0)),
+                Ok(Ok(generation)) => self.observe(generation),
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "cannot read the token revocation counter")
                 }

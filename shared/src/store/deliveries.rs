@@ -1,20 +1,36 @@
 //! What the notifier writes about deliveries: the delivery record of each
-//! (alert, channel) pair, the alert's attempt log, the claim a notifier
-//! holds while it attempts a delivery, and the rate-limit slot of a
-//! destination. The keys come from [`crate::names`]; nobody else builds a
-//! command on them (the API only reads records and logs, through
-//! [`Store::delivery`], [`Store::deliveries`] and [`Store::attempts`]).
+//! (alert, channel) pair, the alert's attempt log, and the claim a notifier
+//! holds while it attempts a delivery. The API reads records and logs
+//! through [`Store::delivery`], [`Store::deliveries`] and
+//! [`Store::attempts`].
 //!
 //! Records and logs are kept 30 days after their last write, whoever writes
-//! them. A claim and a slot live only as long as asked
-//! (`PX`), so a notifier that dies holding one blocks nobody for long.
+//! them. A claim lives only as long as asked (`PX`), so a notifier that
+//! dies holding one blocks nobody for long.
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{AsyncCommands, Script};
+use redis::{Cmd, Script};
 
-use super::{Result, Store, json};
+use super::{Keys, Result, Store, json, parse};
 use crate::model::{AttemptRecord, DeliveryRecord};
+
+impl Keys {
+    /// Delivery records of one alert, by channel id.
+    pub fn delivery(&self, alert_id: &str) -> String {
+        format!("{}:delivery:{alert_id}", self.prefix)
+    }
+
+    /// Attempt log of one alert (every attempt on every channel).
+    pub fn attempts(&self, alert_id: &str) -> String {
+        format!("{}:attempts:{alert_id}", self.prefix)
+    }
+
+    /// Claim on a delivery, held by the notifier attempting it.
+    pub fn delivery_claim(&self, delivery_id: &str) -> String {
+        format!("{}:claim:{delivery_id}", self.prefix)
+    }
+}
 
 /// How long delivery records and attempt logs are kept.
 const RECORD_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -37,9 +53,9 @@ impl Store {
         channel_id: &str,
         rec: &DeliveryRecord,
     ) -> Result<()> {
-        let key = self.names.delivery(alert_id);
-        let (_expire_set,): (i64,) = redis::pipe()
-            .atomic()
+        let key = self.keys.delivery(alert_id);
+        let mut init = redis::pipe();
+        init.atomic()
             .cmd("HSETNX")
             .arg(&key)
             .arg(channel_id)
@@ -47,9 +63,8 @@ impl Store {
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
-            .arg(RECORD_TTL_SECS)
-            .query_async(&mut self.conn())
-            .await?;
+            .arg(RECORD_TTL_SECS);
+        let (_expire_set,): (i64,) = self.conn.pipe(&init).await?;
         Ok(())
     }
 
@@ -60,20 +75,48 @@ impl Store {
         channel_id: &str,
         rec: &DeliveryRecord,
     ) -> Result<()> {
-        let key = self.names.delivery(alert_id);
-        let mut conn = self.conn();
-        let _: () = conn.hset(&key, channel_id, json(rec)).await?;
-        let _: () = conn.expire(&key, RECORD_TTL_SECS).await?;
+        let key = self.keys.delivery(alert_id);
+        let _: () = self
+            .conn
+            .query(&Cmd::hset(&key, channel_id, json(rec)))
+            .await?;
+        let _: () = self.conn.query(&Cmd::expire(&key, RECORD_TTL_SECS)).await?;
         Ok(())
     }
 
     /// Appends one attempt to an alert's attempt log (kept 30 days).
     pub async fn append_attempt(&self, alert_id: &str, rec: &AttemptRecord) -> Result<()> {
-        let key = self.names.attempts(alert_id);
-        let mut conn = self.conn();
-        let _: () = conn.rpush(&key, json(rec)).await?;
-        let _: () = conn.expire(&key, RECORD_TTL_SECS).await?;
+        let key = self.keys.attempts(alert_id);
+        let _: () = self.conn.query(&Cmd::rpush(&key, json(rec))).await?;
+        let _: () = self.conn.query(&Cmd::expire(&key, RECORD_TTL_SECS)).await?;
         Ok(())
+    }
+
+    /// The delivery record of an alert to a channel.
+    pub async fn delivery(
+        &self,
+        alert_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<DeliveryRecord>> {
+        let key = self.keys.delivery(alert_id);
+        let raw: Option<String> = self.conn.query(&Cmd::hget(&key, channel_id)).await?;
+        raw.map(|r| parse(&key, &r)).transpose()
+    }
+
+    /// All delivery records of an alert, by channel id.
+    pub async fn deliveries(&self, alert_id: &str) -> Result<Vec<(String, DeliveryRecord)>> {
+        let key = self.keys.delivery(alert_id);
+        let raw: Vec<(String, String)> = self.conn.query(&Cmd::hgetall(&key)).await?;
+        raw.into_iter()
+            .map(|(c, r)| Ok((c, parse(&key, &r)?)))
+            .collect()
+    }
+
+    /// Every attempt of an alert, oldest first.
+    pub async fn attempts(&self, alert_id: &str) -> Result<Vec<AttemptRecord>> {
+        let key = self.keys.attempts(alert_id);
+        let raw: Vec<String> = self.conn.query(&Cmd::lrange(&key, 0, -1)).await?;
+        raw.iter().map(|r| parse(&key, r)).collect()
     }
 
     /// Claims a delivery for `holder` for `ttl`; false if another holds it.
@@ -83,66 +126,30 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool> {
-        let ok: Option<String> = redis::cmd("SET")
-            .arg(self.names.delivery_claim(delivery_id))
+        let mut claim = redis::cmd("SET");
+        claim
+            .arg(self.keys.delivery_claim(delivery_id))
             .arg(holder)
             .arg("NX")
             .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut self.conn())
-            .await?;
+            .arg(ttl.as_millis() as u64);
+        let ok: Option<String> = self.conn.query(&claim).await?;
         Ok(ok.is_some())
     }
 
     /// Releases a claim taken by `holder` (another holder's claim is left alone).
     pub async fn release_delivery(&self, delivery_id: &str, holder: &str) -> Result<()> {
-        let _: i64 = RELEASE
-            .key(self.names.delivery_claim(delivery_id))
-            .arg(holder)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(())
-    }
-
-    /// Takes the rate-limit slot of a destination for `period`; false if it
-    /// was taken less than `period` ago (by any replica).
-    pub async fn take_rate_slot(&self, destination_hash: &str, period: Duration) -> Result<bool> {
-        let ok: Option<String> = redis::cmd("SET")
-            .arg(self.names.rate_slot(destination_hash))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(period.as_millis().max(1) as u64)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(ok.is_some())
-    }
-
-    /// Holds the rate-limit slot of a destination for `period` from now,
-    /// whoever took it and however long it had left.
-    pub async fn hold_rate_slot(&self, destination_hash: &str, period: Duration) -> Result<()> {
-        let _: () = redis::cmd("SET")
-            .arg(self.names.rate_slot(destination_hash))
-            .arg(1)
-            .arg("PX")
-            .arg(period.as_millis().max(1) as u64)
-            .query_async(&mut self.conn())
-            .await?;
+        let mut release = RELEASE.key(self.keys.delivery_claim(delivery_id));
+        release.arg(holder);
+        let _: i64 = self.conn.invoke(&release).await?;
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use redis::AsyncCommands;
-
     use super::*;
     use crate::{model::DeliveryOutcome, names::Names, store::Caps, token::new_id};
-
-    fn store() -> Store {
-        let names = Names::new(&format!("unit-deliveries-{}", new_id())).unwrap();
-        Store::open("redis://127.0.0.1:6379", names, Caps::default()).unwrap()
-    }
 
     fn record(outcome: DeliveryOutcome, attempts: u32) -> DeliveryRecord {
         DeliveryRecord {
@@ -159,7 +166,8 @@ mod tests {
     /// and either write keeps the alert's records for 30 days.
     #[tokio::test]
     async fn a_first_record_never_replaces_one_that_exists() {
-        let store = store();
+        let names = Names::new(&format!("unit-deliveries-{}", new_id())).unwrap();
+        let store = Store::open("redis://127.0.0.1:6379", names, Caps::default()).unwrap();
         let pending = record(DeliveryOutcome::Pending, 0);
         store.init_delivery("a", "c1", &pending).await.unwrap();
         store
@@ -167,10 +175,10 @@ mod tests {
             .await
             .unwrap();
         store.init_delivery("a", "c2", &pending).await.unwrap();
-        let key = store.names().delivery("a");
-        let ttl: i64 = store.conn().ttl(&key).await.unwrap();
+        let key = store.keys.delivery("a");
+        let ttl: i64 = store.conn.query(&Cmd::ttl(&key)).await.unwrap();
         let mut records = store.deliveries("a").await.unwrap();
-        let _: () = store.conn().del(&key).await.unwrap();
+        let _: () = store.conn.query(&Cmd::del(&key)).await.unwrap();
 
         assert!(
             ttl > RECORD_TTL_SECS - 60 && ttl <= RECORD_TTL_SECS,
@@ -184,24 +192,5 @@ mod tests {
                 ("c2".to_owned(), record(DeliveryOutcome::Succeeded, 1))
             ]
         );
-    }
-
-    /// Holding a slot keeps it taken for the period asked from now, even
-    /// when it was taken for less.
-    #[tokio::test]
-    async fn a_held_rate_slot_lasts_as_long_as_asked() {
-        let store = store();
-        let period = Duration::from_secs(1);
-        assert!(store.take_rate_slot("d", period).await.unwrap());
-        assert!(!store.take_rate_slot("d", period).await.unwrap());
-        store
-            .hold_rate_slot("d", Duration::from_secs(60))
-            .await
-            .unwrap();
-        let key = store.names().rate_slot("d");
-        let ttl_ms: i64 = store.conn().pttl(&key).await.unwrap();
-        let _: () = store.conn().del(&key).await.unwrap();
-
-        assert!(ttl_ms > 50_000 && ttl_ms <= 60_000, "{ttl_ms}");
     }
 }

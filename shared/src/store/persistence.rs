@@ -41,17 +41,14 @@ impl Store {
     /// What the Redis keeps on disk; `None` when it does not say (a managed
     /// Redis may refuse `CONFIG`).
     pub async fn persistence(&self) -> Result<Option<Persistence>> {
-        let mut conn = self.conn.clone();
-        let (aof, save): (Vec<String>, Vec<String>) = match redis::pipe()
-            .cmd("CONFIG")
+        let mut ask = redis::pipe();
+        ask.cmd("CONFIG")
             .arg("GET")
             .arg("appendonly")
             .cmd("CONFIG")
             .arg("GET")
-            .arg("save")
-            .query_async(&mut conn)
-            .await
-        {
+            .arg("save");
+        let (aof, save): (Vec<String>, Vec<String>) = match self.conn.pipe(&ask).await {
             Ok(replies) => replies,
             Err(e)
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>

@@ -180,7 +180,8 @@ async fn the_push_rate_limit_holds_across_two_ingest_replicas() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let ttl: i64 = redis.pttl(stack.names().push_rate(&id)).await.unwrap();
+    let key = lifeline_shared::store::Keys::new(&stack.names()).push_rate(&id);
+    let ttl: i64 = redis.pttl(key).await.unwrap();
     assert!(ttl > 0, "push-rate key without expiry: {ttl}");
 
     // A client that waits Retry-After is admitted again, on either replica.

@@ -13,8 +13,6 @@
 //! segment. A channel still named by a monitor cannot be deleted: the answer
 //! is a 409 listing those monitors, so nothing alerts into the void.
 
-use std::sync::LazyLock;
-
 use axum::{
     Json,
     extract::State,
@@ -25,11 +23,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::{
     model::{Channel, ChannelKind},
-    store::StoreError,
+    store::CommitResult,
     time::now_ms,
     token,
 };
-use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -369,19 +366,6 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-// Replaces a channel only if it is still exactly as read, so a rotation
-// never resurrects a deleted channel nor silently loses to a concurrent one.
-// KEYS: channel. ARGV: JSON as read, new JSON.
-const REPLACE_LUA: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if not current then return -1 end
-if current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"#;
-
-static REPLACE: LazyLock<Script> = LazyLock::new(|| Script::new(REPLACE_LUA));
-
 /// `POST /api/v1/channels/{id}/secret`: a new signing secret for a webhook
 /// channel, effective for the next delivery attempt; 422 for other types.
 pub(crate) async fn rotate_secret(
@@ -391,43 +375,33 @@ pub(crate) async fn rotate_secret(
     if !input::plausible_id(&id) {
         return Err(ApiError::NotFound("channel not found"));
     }
-    let key = app.store.names().channel(&id);
-    let mut conn = app.store.conn();
     let secret = new_secret();
+    // Written only over the channel as read, so a rotation never
+    // resurrects a deleted channel nor silently loses to a concurrent one.
     let old_hint = loop {
-        let raw: Option<String> = conn.get(&key).await.map_err(StoreError::from)?;
-        let raw = raw.ok_or(ApiError::NotFound("channel not found"))?;
-        let mut channel: Channel =
-            serde_json::from_str(&raw).map_err(|error| StoreError::Corrupt {
-                key: key.clone(),
-                error,
-            })?;
+        let mut edit = app
+            .store
+            .channel_to_edit(&id)
+            .await?
+            .ok_or(ApiError::NotFound("channel not found"))?;
         let ChannelKind::Webhook {
             secret: current, ..
-        } = &mut channel.kind
+        } = &mut edit.channel.kind
         else {
             return Err(ApiError::invalid(
                 "type",
                 format!(
                     "only webhook channels have a signing secret; this channel is of type \"{}\"",
-                    channel.kind.label()
+                    edit.channel.kind.label()
                 ),
             ));
         };
         let old_hint = secret_hint(current);
         current.clone_from(&secret);
-        let new_raw = serde_json::to_string(&channel).expect("channels serialize");
-        let replaced: i64 = REPLACE
-            .key(&key)
-            .arg(&raw)
-            .arg(&new_raw)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
-        match replaced {
-            1 => break old_hint,
-            0 => continue,
-            _ => return Err(ApiError::NotFound("channel not found")),
+        match app.store.replace_channel(&edit).await? {
+            CommitResult::Committed => break old_hint,
+            CommitResult::Conflict => continue,
+            CommitResult::Missing => return Err(ApiError::NotFound("channel not found")),
         }
     };
     tracing::info!(

@@ -27,9 +27,10 @@ use axum::{
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::{
+    engine::Engine,
     model::{AlertJob, MonitorConfig, MonitorState, Status},
     state::Input,
-    store::{Store, StoreError},
+    store::StoreError,
     time::now_ms,
     token,
 };
@@ -238,7 +239,7 @@ pub(crate) async fn update(
     };
     known_id(&id)?;
 
-    let r = reconfigure(&app.store, &id, |cfg| MonitorConfig {
+    let r = reconfigure(&app.engine, &id, |cfg| MonitorConfig {
         name: name.clone().unwrap_or_else(|| cfg.name.clone()),
         timeout: timeout.unwrap_or(cfg.timeout),
         interval: interval.unwrap_or(cfg.interval),
@@ -302,7 +303,7 @@ async fn transition(
 ) -> Result<Json<MonitorView>, ApiError> {
     known_id(id)?;
     let applied = app
-        .store
+        .engine
         .apply(id, input)
         .await?
         .ok_or(ApiError::NotFound("monitor not found"))?;
@@ -333,7 +334,7 @@ pub(crate) async fn rotate_token(
     let hint = token::hint(&push_token);
 
     app.store.add_token(&hash, &id).await?;
-    let written = reconfigure(&app.store, &id, |cfg| MonitorConfig {
+    let written = reconfigure(&app.engine, &id, |cfg| MonitorConfig {
         token_hash: hash.clone(),
         token_hint: hint.clone(),
         ..cfg.clone()
@@ -452,16 +453,16 @@ struct Reconfigured {
 /// Replaces a monitor's settings by `patch(current settings)` in one
 /// state-machine step (`Input::Retime`), so a new timeout moves the deadline
 /// (and new reminder settings the next reminder) in the same atomic write.
-/// The patch is applied to each attempt's fresh read (`Store::apply_with`):
+/// The patch is applied to each attempt's fresh read (`Engine::apply_with`):
 /// a token rotation racing an edit is never overwritten with the stale token
 /// hash, which would leave a live token nobody can revoke. Returns `None`
 /// when the monitor does not exist.
 async fn reconfigure(
-    store: &Store,
+    engine: &Engine,
     id: &str,
     patch: impl Fn(&MonitorConfig) -> MonitorConfig,
 ) -> Result<Option<Reconfigured>, StoreError> {
-    let applied = store
+    let applied = engine
         .apply_with(id, Input::Retime { now: now_ms() }, |current| {
             Some(patch(current))
         })
