@@ -1,7 +1,8 @@
 //! What more than one Lifeline service needs, and nothing service-specific:
 //! the wire contracts (beat events on NATS, alert jobs on RabbitMQ), the
 //! monitor state machine, the Redis key layout and store, configuration from
-//! `LIFELINE_*` variables, broker connection helpers and telemetry set-up.
+//! `LIFELINE_*` variables, broker connection helpers, the reconnect back-off,
+//! the supervisor every service runs its tasks under, and telemetry set-up.
 //!
 //! Every name a service creates in NATS, Redis or RabbitMQ comes from
 //! [`names::Names`], so a configurable prefix isolates deployments and tests.
@@ -10,12 +11,14 @@
 //! `docs/DESIGN.md`.
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod http;
 pub mod metric;
 pub mod model;
 pub mod names;
 pub mod nats;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod telemetry;
