@@ -167,11 +167,20 @@ impl Supervisor {
         // Running: until shutdown, or an essential task ends or any fails.
         while first.is_none() {
             let joined = tokio::select! {
+                biased;
                 () = self.token.cancelled() => break,
                 Some(joined) = self.tasks.join_next_with_id() => joined,
             };
             let (task, role, outcome) = self.outcome(joined);
+            // A task may notice the cancellation before this loop does: then
+            // it is draining, not ending on its own.
+            let draining = self.token.is_cancelled();
             match outcome {
+                Some(failure) if draining => {
+                    tracing::error!(service, task, error = %failure, "task failed while stopping");
+                    first = Some(failure);
+                }
+                None if draining => tracing::debug!(service, task, "task stopped"),
                 Some(failure) => {
                     tracing::error!(service, task, error = %failure, "task failed; stopping the service");
                     first = Some(failure);
@@ -345,6 +354,24 @@ mod tests {
         shutdown.cancel();
         run.await.unwrap().unwrap();
         assert_eq!(done.load(Ordering::SeqCst), 3);
+    }
+
+    /// Tasks that return the instant the token fires may be seen ending
+    /// before the cancellation is: still a clean stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_quicker_than_the_supervisor_are_not_failures() {
+        for _ in 0..20 {
+            let shutdown = CancellationToken::new();
+            let mut sup = Supervisor::new("test", &shutdown);
+            for _ in 0..20 {
+                let token = sup.token();
+                sup.spawn("quick", async move { token.cancelled().await });
+            }
+            let run = tokio::spawn(sup.run());
+            tokio::task::yield_now().await;
+            shutdown.cancel();
+            run.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
