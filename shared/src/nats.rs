@@ -9,26 +9,16 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::{backoff::Backoff, names::Names};
-
-/// Pauses between the client's reconnection attempts: the first at once,
-/// then from about 100 ms doubling up to 4 s (the client's own cap),
-/// jittered so replicas do not all reconnect in step.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(4));
+use crate::names::Names;
 
 /// Connects to NATS. Succeeds while NATS is down: the client keeps
-/// reconnecting in the background ([`RECONNECT`]) and requests fail fast
-/// meanwhile.
+/// reconnecting in the background and requests fail fast meanwhile.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(2)))
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| match attempts {
-            0 | 1 => Duration::ZERO,
-            n => RECONNECT.delay_for(u32::try_from(n - 1).unwrap_or(u32::MAX)),
-        })
         .connect(url)
         .await
 }
