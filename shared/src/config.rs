@@ -305,11 +305,6 @@ impl Default for Common {
 }
 
 impl Common {
-    /// Reads the shared variables from the environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Vars::from_env().read()
-    }
-
     /// The defaults with the given prefix (tests).
     pub fn local(prefix: &str) -> Self {
         Self {
