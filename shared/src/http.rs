@@ -1,6 +1,6 @@
 //! HTTP pieces every service shares: the operational routes (`/healthz`,
-//! `/readyz`, `/metrics`), serving with graceful shutdown, and the shutdown
-//! signal itself.
+//! `/readyz`, `/metrics`) and serving with graceful shutdown (the shutdown
+//! signal is in [`crate::runtime`]).
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -69,28 +69,4 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-}
-
-/// A token cancelled on SIGINT or SIGTERM.
-pub fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown signal received");
-        t.cancel();
-    });
-    token
 }

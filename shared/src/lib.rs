@@ -3,7 +3,8 @@
 //! monitor state machine ([`state`]) and the loop that runs it on stored
 //! monitors ([`engine`]), the Redis store (the only code that speaks
 //! Redis), configuration from `LIFELINE_*` variables, broker connection
-//! helpers and telemetry set-up.
+//! helpers, the reconnect back-off, the supervisor every service runs its
+//! tasks under ([`runtime`]), and telemetry set-up.
 //!
 //! Every name a service creates in NATS, Redis or RabbitMQ derives from
 //! [`names::Names`] (Redis keys through the store's own [`store::Keys`]), so
@@ -13,6 +14,7 @@
 //! `docs/DESIGN.md`.
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod engine;
 pub mod http;
@@ -20,6 +22,7 @@ pub mod metric;
 pub mod model;
 pub mod names;
 pub mod nats;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod telemetry;

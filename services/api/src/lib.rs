@@ -21,6 +21,7 @@ use std::{sync::Arc, time::Duration};
 use lifeline_shared::{
     amqp::Publisher,
     engine::Engine,
+    runtime::Supervisor,
     store::{Store, StoreError},
 };
 use tokio::net::TcpListener;
@@ -95,25 +96,72 @@ impl AppState {
 }
 
 /// Serves the API (and `/healthz`, `/readyz`, `/metrics`) on `listener`
-/// until `shutdown` is cancelled, letting in-flight requests finish.
+/// until `shutdown` is cancelled, letting in-flight requests finish. The
+/// server runs under a [`Supervisor`]: should it end on its own, this
+/// returns an error.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(&config)?.with_shutdown(shutdown.clone());
+    let mut tasks = Supervisor::new("api", &shutdown);
+    let stop = tasks.token();
+    let state = AppState::new(&config)?.with_shutdown(stop.clone());
     tracing::info!(
         addr = %listener.local_addr()?,
         prefix = config.common.names.prefix(),
         public_url = %config.public_url,
         "api listening"
     );
-    let volatile = tokio::spawn({
-        let (store, shutdown) = (state.store.clone(), shutdown.clone());
-        async move { store.warn_if_volatile("api", shutdown).await }
+    tasks.spawn_finite("Redis persistence check", {
+        let (store, stop) = (state.store.clone(), stop.clone());
+        async move { store.warn_if_volatile("api", stop).await }
     });
-    lifeline_shared::http::serve(listener, router(state), shutdown).await?;
-    volatile.await?;
+    tasks.spawn(
+        "HTTP server",
+        lifeline_shared::http::serve(listener, router(state), stop),
+    );
+    tasks.run().await?;
     tracing::info!("api stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line `GET path` is answered with.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Started against brokers nobody listens on (it starts all the same),
+    /// then cancelled: every task stops and `run` returns `Ok`.
+    #[tokio::test]
+    async fn cancelled_it_drains_every_task_and_returns_ok() {
+        let mut config = Config::local("api-unit", "0123456789abcdef", "http://127.0.0.1:8080");
+        config.common.nats_url = "nats://127.0.0.1:1".into();
+        config.common.redis_url = "redis://127.0.0.1:1".into();
+        config.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(config, listener, shutdown.clone()));
+        assert!(get(addr, "/healthz").await.contains(" 200 "));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stopped within 10 s")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

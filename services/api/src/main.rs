@@ -1,11 +1,9 @@
-//! `lifeline-api`: reads its configuration, binds `LIFELINE_API_ADDR`
-//! (default `127.0.0.1:8081`) and serves the management API until SIGINT or
-//! SIGTERM.
-
-use std::net::SocketAddr;
+//! `lifeline-api`: the management API. Only wiring: telemetry, the configuration,
+//! the listener on `LIFELINE_API_ADDR`, and the service until SIGINT or SIGTERM
+//! (see `lifeline_api::run`).
 
 use lifeline_api::{Config, run};
-use lifeline_shared::{config, http::shutdown_on_signal, telemetry};
+use lifeline_shared::{runtime, telemetry};
 
 /// glibc's allocator took 13 % of ingest's and 22 % of the evaluator's CPU
 /// under push load (perf); mimalloc serves these small, short-lived
@@ -17,7 +15,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let _log = telemetry::init();
     let config = Config::from_env()?;
-    let addr: SocketAddr = config::parse("LIFELINE_API_ADDR", ([127, 0, 0, 1], 8081).into())?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    run(config, listener, shutdown_on_signal()).await
+    let listener = runtime::listen(&config.addr, "LIFELINE_API_ADDR").await?;
+    runtime::until_signal(|shutdown| run(config, listener, shutdown)).await
 }

@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt as _;
 use lifeline_shared::{
+    backoff::Backoff,
     engine::{Applied, Engine},
     metric,
     model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
@@ -71,20 +72,16 @@ pub(crate) async fn run(
     jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         match consume(&js, &engine, &names, lanes, &jobs, &shutdown).await {
-            Ok(()) => delay = Duration::from_millis(200),
+            Ok(()) => backoff.reset(),
             Err(error) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "beat consumer interrupted; restarting"
                 );
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait(&shutdown).await;
             }
         }
     }
@@ -125,8 +122,8 @@ async fn consume(
         .context("pulling beats")?;
     tracing::info!(consumer = %names.evaluator_consumer(), "consuming beats");
     let lag_stop = shutdown.child_token();
-    tokio::spawn(watch_lag(consumer.clone(), lag_stop.clone()));
-    let _stop_lag = lag_stop.drop_guard();
+    let lag = tokio::spawn(watch_lag(consumer.clone(), lag_stop.clone()));
+    let _stop_lag = lag_stop.clone().drop_guard();
     let pulse_subject = names.pulse_subject();
 
     let mut senders = Vec::with_capacity(lanes);
@@ -216,6 +213,8 @@ async fn consume(
     for w in workers {
         let _ = w.await;
     }
+    lag_stop.cancel();
+    let _ = lag.await;
     result
 }
 
@@ -375,7 +374,7 @@ async fn apply(
         .iter()
         .map(|(_, id, beat)| (id.as_str(), Input::Beat(beat)))
         .collect();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let error = match engine.apply_batch(&inputs).await {
             Ok(results) => {
@@ -397,11 +396,9 @@ async fn apply(
             Err(error) => error,
         };
         tracing::warn!(beats = inputs.len(), %error, "beats not applied; retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            return false;
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -22,14 +22,18 @@ mod outbox;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use lifeline_shared::{amqp::Publisher, engine::Engine, http, nats, store::Store};
+use lifeline_shared::{
+    amqp::Publisher, engine::Engine, http, nats, runtime::Supervisor, store::Store,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
 /// Runs the evaluator until `shutdown` is cancelled; serves `/healthz`,
-/// `/readyz` and `/metrics` on `ops_listener`.
+/// `/readyz` and `/metrics` on `ops_listener`. Every loop runs under one
+/// [`Supervisor`]: if any ends on its own, the others are stopped and this
+/// returns an error.
 pub async fn run(
     config: Config,
     ops_listener: TcpListener,
@@ -66,49 +70,93 @@ pub async fn run(
         })
     };
     let addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(http::serve(
-        ops_listener,
-        http::ops_router("evaluator", ready),
-        shutdown.clone(),
-    ));
+    let mut tasks = Supervisor::new("evaluator", &shutdown);
+    let stop = tasks.token();
+    tasks.spawn(
+        "ops HTTP server",
+        http::serve(
+            ops_listener,
+            http::ops_router("evaluator", ready),
+            stop.clone(),
+        ),
+    );
     tracing::info!(%addr, "evaluator ops listening");
 
-    let volatile = tokio::spawn({
-        let (store, shutdown) = (store.clone(), shutdown.clone());
-        async move { store.warn_if_volatile("evaluator", shutdown).await }
+    tasks.spawn_finite("Redis persistence check", {
+        let (store, stop) = (store.clone(), stop.clone());
+        async move { store.warn_if_volatile("evaluator", stop).await }
     });
 
-    let (jobs_tx, jobs_rx) = outbox::Relay::new(50_000, store.clone());
-    let relay = tokio::spawn(outbox::relay(publisher.clone(), jobs_tx.clone(), jobs_rx));
-    let sweeper = tokio::spawn(outbox::sweep(
-        publisher,
-        store.clone(),
-        jobs_tx.clone(),
-        config.sweep_every,
-        shutdown.clone(),
-    ));
-    let ticker = tokio::spawn(deadlines::run(
-        engine.clone(),
-        config.tick,
-        jobs_tx.clone(),
-        shutdown.clone(),
-    ));
-    let consumer = tokio::spawn(consumer::run(
-        js,
-        engine,
-        names,
-        config.lanes,
-        jobs_tx,
-        shutdown.clone(),
-    ));
+    // The relay, and the remover of confirmed jobs, end once the loops
+    // below (holding `jobs_tx` clones) have stopped.
+    let (jobs_tx, jobs_rx, remover) = outbox::Relay::new(50_000, store.clone());
+    tasks.spawn("outbox remover", remover);
+    tasks.spawn(
+        "alert relay",
+        outbox::relay(publisher.clone(), jobs_tx.clone(), jobs_rx),
+    );
+    tasks.spawn(
+        "outbox sweep",
+        outbox::sweep(
+            publisher,
+            store.clone(),
+            jobs_tx.clone(),
+            config.sweep_every,
+            stop.clone(),
+        ),
+    );
+    tasks.spawn(
+        "deadline ticker",
+        deadlines::run(engine.clone(), config.tick, jobs_tx.clone(), stop.clone()),
+    );
+    tasks.spawn(
+        "beat consumer",
+        consumer::run(js, engine, names, config.lanes, jobs_tx, stop),
+    );
 
-    consumer.await?;
-    ticker.await?;
-    relay.await?;
-    sweeper.await?;
-    ops.await??;
-    volatile.await?;
+    let stopped = tasks.run().await;
     client.drain().await.ok();
+    stopped?;
     tracing::info!("evaluator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line `GET path` is answered with.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Started against brokers nobody listens on (it starts all the same),
+    /// then cancelled: every task stops and `run` returns `Ok`.
+    #[tokio::test]
+    async fn cancelled_it_drains_every_task_and_returns_ok() {
+        let mut config = Config::local("evaluator-unit");
+        config.common.nats_url = "nats://127.0.0.1:1".into();
+        config.common.redis_url = "redis://127.0.0.1:1".into();
+        config.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(config, listener, shutdown.clone()));
+        assert!(get(addr, "/healthz").await.contains(" 200 "));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stopped within 10 s")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

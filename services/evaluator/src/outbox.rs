@@ -10,6 +10,7 @@
 
 use std::{
     collections::HashSet,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -57,10 +58,11 @@ struct Confirmed {
 }
 
 impl Confirmed {
-    /// Starts the removing task; it ends once every handle is dropped.
-    fn start(store: Store) -> Self {
+    /// A handle and the removing task (to run), which ends once every
+    /// handle is dropped.
+    fn new(store: Store) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
-        tokio::spawn(async move {
+        let removing = async move {
             let mut batch = Vec::with_capacity(DONE_BATCH);
             while rx.recv_many(&mut batch, DONE_BATCH).await > 0 {
                 if let Err(error) = store.outbox_done_many(&batch).await {
@@ -68,8 +70,8 @@ impl Confirmed {
                 }
                 batch.clear();
             }
-        });
-        Self { tx }
+        };
+        (Self { tx }, removing)
     }
 
     fn done(&self, job: &AlertJob) {
@@ -91,17 +93,27 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// A relay handle and its queue (`capacity` jobs); confirmed jobs are
-    /// removed from `store`'s outbox.
-    pub(crate) fn new(capacity: usize, store: Store) -> (Self, mpsc::Receiver<AlertJob>) {
+    /// A relay handle, its queue (`capacity` jobs), and the task (to run)
+    /// that removes confirmed jobs from `store`'s outbox; it ends once every
+    /// handle is gone.
+    pub(crate) fn new(
+        capacity: usize,
+        store: Store,
+    ) -> (
+        Self,
+        mpsc::Receiver<AlertJob>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, rx) = mpsc::channel(capacity);
+        let (confirmed, removing) = Confirmed::new(store);
         (
             Self {
                 tx,
                 held: Arc::default(),
-                confirmed: Confirmed::start(store),
+                confirmed,
             },
             rx,
+            removing,
         )
     }
 

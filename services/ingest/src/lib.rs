@@ -17,11 +17,11 @@ mod pulse;
 mod push;
 mod tokens;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
-use lifeline_shared::{http, nats, store::Store};
+use lifeline_shared::{backoff::Backoff, http, nats, runtime::Supervisor, store::Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,10 +43,11 @@ struct Inner {
     limiter: Option<limit::Limiter>,
 }
 
-/// Connects to the brokers (lazily: the service starts while they are down)
-/// and builds the router.
-/// Pulses stop when `shutdown` is cancelled.
-pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Router> {
+/// Connects to the brokers (lazily: the service starts while they are down),
+/// starts the background tasks under `tasks` (they stop on its token), and
+/// builds the router.
+pub async fn build(config: Config, tasks: &mut Supervisor) -> anyhow::Result<Router> {
+    let stop = tasks.token();
     let store = Store::open(
         &config.common.redis_url,
         config.common.names.clone(),
@@ -57,24 +58,24 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("connecting to nats")?;
     let js = async_nats::jetstream::new(client.clone());
-    let names = config.common.names.clone();
-    let js_setup = js.clone();
     // The stream may not be creatable yet (NATS down): keep trying in the
     // background; publishes answer 503 until it exists.
-    tokio::spawn(async move {
-        let mut delay = std::time::Duration::from_millis(200);
-        loop {
-            match nats::ensure_beats_stream(&js_setup, &names).await {
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "beats stream not ready, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    tasks.spawn_finite("beats stream set-up", {
+        let (js, names, stop) = (js.clone(), config.common.names.clone(), stop.clone());
+        async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            while let Err(error) = nats::ensure_beats_stream(&js, &names).await {
+                tracing::warn!(%error, "beats stream not ready, retrying");
+                if !backoff.wait(&stop).await {
+                    break;
                 }
             }
         }
     });
-    let batcher = publish::Batcher::start(js, config.common.names.beat_batches_subject());
+    let (batcher, packing) = publish::Batcher::new(js, config.common.names.beat_batches_subject());
+    // Ends once every handle of the batcher (in the router and the tasks
+    // below) is gone, after the last beat handed to it is answered.
+    tasks.spawn("JetStream publisher", packing);
     let tokens = tokens::TokenCache::new(config.token_cache_ttl);
     let pulser = pulse::Pulser::new(client.clone(), config.common.names.pulse_subject());
     let limiter = config
@@ -90,15 +91,19 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             limiter,
         }),
     };
-    let watching = state.clone();
-    let store = state.inner.store.clone();
-    let watch_shutdown = shutdown.clone();
-    tokio::spawn(async move { watching.inner.tokens.watch(store, watch_shutdown).await });
-    let checking = state.inner.store.clone();
-    let check_shutdown = shutdown.clone();
-    tokio::spawn(async move { checking.warn_if_volatile("ingest", check_shutdown).await });
-    let pulsing = state.clone();
-    tokio::spawn(async move { pulsing.inner.pulser.run(shutdown).await });
+    tasks.spawn("token revocation watcher", {
+        let (state, stop) = (state.clone(), stop.clone());
+        let store = state.inner.store.clone();
+        async move { state.inner.tokens.watch(store, stop).await }
+    });
+    tasks.spawn_finite("Redis persistence check", {
+        let (store, stop) = (state.inner.store.clone(), stop.clone());
+        async move { store.warn_if_volatile("ingest", stop).await }
+    });
+    tasks.spawn("pulser", {
+        let state = state.clone();
+        async move { state.inner.pulser.run(stop).await }
+    });
     Ok(router(state))
 }
 
@@ -136,15 +141,59 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves ingest on `listener` until `shutdown` is cancelled.
+/// Serves ingest on `listener` until `shutdown` is cancelled. The server
+/// and the background tasks run under one [`Supervisor`]: if any ends on
+/// its own, the others are stopped and this returns an error.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let app = build(config, shutdown.clone()).await?;
+    let mut tasks = Supervisor::new("ingest", &shutdown);
+    let app = build(config, &mut tasks).await?;
     tracing::info!(%addr, "ingest listening");
-    http::serve(listener, app, shutdown).await?;
+    tasks.spawn("HTTP server", http::serve(listener, app, tasks.token()));
+    tasks.run().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line `GET path` is answered with.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Started against brokers nobody listens on (it starts all the same),
+    /// then cancelled: every task stops and `run` returns `Ok`.
+    #[tokio::test]
+    async fn cancelled_it_drains_every_task_and_returns_ok() {
+        let mut config = Config::local("ingest-unit");
+        config.common.nats_url = "nats://127.0.0.1:1".into();
+        config.common.redis_url = "redis://127.0.0.1:1".into();
+        config.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(config, listener, shutdown.clone()));
+        assert!(get(addr, "/healthz").await.contains(" 200 "));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stopped within 10 s")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

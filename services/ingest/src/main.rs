@@ -1,8 +1,9 @@
-//! `lifeline-ingest`: reads configuration, binds, serves until a signal.
+//! `lifeline-ingest`: the push endpoint. Only wiring: telemetry, the configuration,
+//! the listener on `LIFELINE_INGEST_ADDR`, and the service until SIGINT or SIGTERM
+//! (see `lifeline_ingest::run`).
 
-use anyhow::Context as _;
 use lifeline_ingest::{Config, run};
-use lifeline_shared::{config, http::shutdown_on_signal, telemetry};
+use lifeline_shared::{runtime, telemetry};
 
 /// glibc's allocator took 13 % of ingest's and 22 % of the evaluator's CPU
 /// under push load (perf); mimalloc serves these small, short-lived
@@ -14,9 +15,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let _log = telemetry::init();
     let config = Config::from_env()?;
-    let addr = config::string("LIFELINE_INGEST_ADDR", "127.0.0.1:8080");
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding LIFELINE_INGEST_ADDR={addr}"))?;
-    run(config, listener, shutdown_on_signal()).await
+    let listener = runtime::listen(&config.addr, "LIFELINE_INGEST_ADDR").await?;
+    runtime::until_signal(|shutdown| run(config, listener, shutdown)).await
 }

@@ -16,13 +16,16 @@
 //!
 //! [`BeatEvent`]: lifeline_shared::model::BeatEvent
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use lifeline_shared::{
     metric,
     model::{BATCH_MAX_BEATS, BATCH_MAX_BYTES, BeatBatch},
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    task::JoinSet,
+};
 
 /// JetStream publishes awaiting their acknowledgement at once. One, so that
 /// every push arriving meanwhile shares the next message (measured, 64
@@ -58,11 +61,14 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the packing task, publishing on `subject`.
-    pub(crate) fn start(js: async_nats::jetstream::Context, subject: String) -> Self {
+    /// A batcher publishing on `subject`, and its packing task (to run): it
+    /// ends once every handle is dropped and every publish is answered.
+    pub(crate) fn new(
+        js: async_nats::jetstream::Context,
+        subject: String,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(pack(js, subject.into(), rx));
-        Self { tx }
+        (Self { tx }, pack(js, subject.into(), rx))
     }
 
     /// Publishes one serialized beat event; returns once JetStream
@@ -83,11 +89,15 @@ async fn pack(
     mut rx: mpsc::Receiver<Pending>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // The publishes awaiting their acknowledgement (at most `IN_FLIGHT`,
+    // and those finishing).
+    let mut publishes = JoinSet::new();
     while let Some(first) = rx.recv().await {
+        while publishes.try_join_next().is_some() {}
         // Wait for a free slot before packing: pushes arriving meanwhile
         // join this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+            break;
         };
         let mut bytes = first.event.len();
         let mut batch = vec![first];
@@ -101,7 +111,7 @@ async fn pack(
         }
         let js = js.clone();
         let subject = subject.clone();
-        tokio::spawn(async move {
+        publishes.spawn(async move {
             let payload = BeatBatch::json_from_parts(batch.iter().map(|p| p.event.as_slice()));
             let size = batch.len();
             let started = std::time::Instant::now();
@@ -135,4 +145,5 @@ async fn pack(
             }
         });
     }
+    while publishes.join_next().await.is_some() {}
 }

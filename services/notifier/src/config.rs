@@ -1,14 +1,17 @@
 //! The notifier's configuration: the shared broker settings plus how many
 //! jobs to hold at once, how long one attempt may take, when to retry, and
-//! the SMTP server email goes through. Read from `LIFELINE_*` variables; an
-//! invalid value fails start-up naming the variable.
+//! the SMTP server email goes through. Read from `LIFELINE_*` variables (see
+//! `lifeline_shared::config` for how, and for the shared ones); each field
+//! names its variable, default and rule once, and [`Config::default`] holds
+//! the defaults. An invalid value fails start-up naming the variable.
 
 use std::{fmt, time::Duration};
 
 use lettre::{AsyncSmtpTransport, Tokio1Executor, message::Mailbox};
-use lifeline_shared::config::{self, Common, ConfigError, redact_url};
+use lifeline_shared::config::{Common, ConfigError, Vars, redact_url, var};
+use serde::{Deserialize, Deserializer, de::Error as _};
 
-use crate::retry::{DEFAULT_SCHEDULE, RetrySchedule};
+use crate::retry::RetrySchedule;
 
 /// Default of `LIFELINE_SMTP_URL`.
 pub const DEFAULT_SMTP_URL: &str = "smtp://127.0.0.1:25";
@@ -17,18 +20,35 @@ pub const DEFAULT_SMTP_FROM: &str = "Lifeline <lifeline@localhost>";
 
 /// Everything [`crate::run`] needs besides its listener and shutdown token.
 /// `Debug` hides the SMTP password.
-#[derive(Clone)]
+#[derive(Clone, Deserialize)]
+#[serde(default)]
 pub struct Config {
     /// Broker URLs and the naming prefix (`LIFELINE_REDIS_URL`,
     /// `LIFELINE_AMQP_URL`, `LIFELINE_PREFIX`, ...; see [`Common`]).
+    #[serde(skip)]
     pub common: Common,
-    /// `LIFELINE_NOTIFIER_PREFETCH`, default `32`: messages taken from each
-    /// of the alerts and deliveries queues before any is acknowledged, hence
-    /// how many of each this replica handles at once. At least 1.
+    /// `LIFELINE_NOTIFIER_ADDR`, default `127.0.0.1:8083`: where `/healthz`,
+    /// `/readyz` and `/metrics` are served (`host:port`).
+    #[serde(
+        rename = "LIFELINE_NOTIFIER_ADDR",
+        deserialize_with = "var::listen_addr"
+    )]
+    pub addr: String,
+    /// `LIFELINE_NOTIFIER_PREFETCH`, default `32` (at least 1): messages
+    /// taken from each of the alerts and deliveries queues before any is
+    /// acknowledged, hence how many of each this replica handles at once.
+    #[serde(
+        rename = "LIFELINE_NOTIFIER_PREFETCH",
+        deserialize_with = "var::whole::<_, _, 1, { u16::MAX as u64 }>"
+    )]
     pub prefetch: u16,
-    /// `LIFELINE_WEBHOOK_TIMEOUT_MS`, default `10000`: longest one delivery
-    /// attempt may take on any channel (webhook, Slack or SMTP), connecting
-    /// included; a timeout is retried.
+    /// `LIFELINE_WEBHOOK_TIMEOUT_MS`, default `10000` (at least 1): longest
+    /// one delivery attempt may take on any channel (webhook, Slack or
+    /// SMTP), connecting included; a timeout is retried.
+    #[serde(
+        rename = "LIFELINE_WEBHOOK_TIMEOUT_MS",
+        deserialize_with = "var::millis::<_, 1, { u64::MAX }>"
+    )]
     pub attempt_timeout: Duration,
     /// `LIFELINE_RETRY_SCHEDULE`, default `5s,30s,2m,10m,1h,3h*7`: the
     /// pauses between the attempts of one delivery, as comma-separated
@@ -36,62 +56,53 @@ pub struct Config {
     /// with `*N`; `none` for a single attempt. A schedule of `n` steps allows
     /// `n + 1` attempts; then the delivery is dead-lettered. See
     /// [`crate::retry`].
+    #[serde(rename = "LIFELINE_RETRY_SCHEDULE", deserialize_with = "var::parsed")]
     pub retry_schedule: RetrySchedule,
     /// `LIFELINE_SMTP_URL`, default `smtp://127.0.0.1:25`: the SMTP server.
     /// `smtp://host:port` is plain SMTP, `smtp://host:587?tls=required`
     /// STARTTLS (`?tls=opportunistic` when offered), `smtps://host:465` TLS
     /// from the start; credentials as `smtps://user:pass@host` (percent-encoded).
+    #[serde(rename = "LIFELINE_SMTP_URL", deserialize_with = "smtp_url")]
     pub smtp_url: String,
     /// `LIFELINE_SMTP_FROM`, default `Lifeline <lifeline@localhost>`: the
-    /// sender of alert emails.
+    /// sender of alert emails (an address, with or without a display name).
+    #[serde(rename = "LIFELINE_SMTP_FROM", deserialize_with = "smtp_from")]
     pub smtp_from: String,
 }
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: Common::default(),
+            addr: "127.0.0.1:8083".into(),
+            prefetch: 32,
+            attempt_timeout: Duration::from_secs(10),
+            retry_schedule: RetrySchedule::default(),
+            smtp_url: DEFAULT_SMTP_URL.into(),
+            smtp_from: DEFAULT_SMTP_FROM.into(),
+        }
+    }
+}
+
+/// A variable the notifier no longer reads; set, it is warned about.
+const RETIRED_RETRY_DELAYS: &str = "LIFELINE_RETRY_DELAYS_MS";
 
 impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let common = Common::from_env()?;
-        let prefetch: u16 = config::parse("LIFELINE_NOTIFIER_PREFETCH", 32)?;
-        if prefetch == 0 {
-            return Err(ConfigError {
-                name: "LIFELINE_NOTIFIER_PREFETCH",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let timeout_ms: u64 = config::parse("LIFELINE_WEBHOOK_TIMEOUT_MS", 10_000)?;
-        if timeout_ms == 0 {
-            return Err(ConfigError {
-                name: "LIFELINE_WEBHOOK_TIMEOUT_MS",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let raw = config::string("LIFELINE_RETRY_SCHEDULE", DEFAULT_SCHEDULE);
-        let retry_schedule = raw.parse().map_err(|reason| ConfigError {
-            name: "LIFELINE_RETRY_SCHEDULE",
-            reason,
-        })?;
-        if std::env::var_os("LIFELINE_RETRY_DELAYS_MS").is_some() {
+        Self::from_vars(&Vars::from_env())
+    }
+
+    /// Reads the configuration from `vars`.
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        if vars.is_set(RETIRED_RETRY_DELAYS) {
             tracing::warn!(
-                "LIFELINE_RETRY_DELAYS_MS is no longer read; set LIFELINE_RETRY_SCHEDULE instead"
+                "{RETIRED_RETRY_DELAYS} is no longer read; set LIFELINE_RETRY_SCHEDULE instead"
             );
         }
-        let smtp_url = config::string("LIFELINE_SMTP_URL", DEFAULT_SMTP_URL);
-        check_smtp_url(&smtp_url).map_err(|reason| ConfigError {
-            name: "LIFELINE_SMTP_URL",
-            reason,
-        })?;
-        let smtp_from = config::string("LIFELINE_SMTP_FROM", DEFAULT_SMTP_FROM);
-        smtp_from.parse::<Mailbox>().map_err(|e| ConfigError {
-            name: "LIFELINE_SMTP_FROM",
-            reason: format!("{smtp_from:?} is not an email address: {e}"),
-        })?;
         Ok(Self {
-            common,
-            prefetch,
-            attempt_timeout: Duration::from_millis(timeout_ms),
-            retry_schedule,
-            smtp_url,
-            smtp_from,
+            common: vars.read()?,
+            ..vars.read()?
         })
     }
 
@@ -99,11 +110,7 @@ impl Config {
     pub fn local(prefix: &str) -> Self {
         Self {
             common: Common::local(prefix),
-            prefetch: 32,
-            attempt_timeout: Duration::from_secs(10),
-            retry_schedule: RetrySchedule::default(),
-            smtp_url: DEFAULT_SMTP_URL.into(),
-            smtp_from: DEFAULT_SMTP_FROM.into(),
+            ..Self::default()
         }
     }
 
@@ -126,6 +133,22 @@ impl Config {
     }
 }
 
+fn smtp_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d)?;
+    check_smtp_url(&url).map_err(D::Error::custom)?;
+    Ok(url)
+}
+
+fn smtp_from<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let from = String::deserialize(d)?;
+    match from.parse::<Mailbox>() {
+        Ok(_) => Ok(from),
+        Err(e) => Err(D::Error::custom(format!(
+            "{from:?} is not an email address: {e}"
+        ))),
+    }
+}
+
 /// Whether lettre accepts `url` (scheme, `tls` parameter, host).
 pub(crate) fn check_smtp_url(url: &str) -> Result<(), String> {
     AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
@@ -137,6 +160,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("common", &self.common)
+            .field("addr", &self.addr)
             .field("prefetch", &self.prefetch)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("retry_schedule", &self.retry_schedule)
@@ -177,5 +201,75 @@ mod tests {
     #[test]
     fn the_default_sender_is_an_address() {
         DEFAULT_SMTP_FROM.parse::<Mailbox>().unwrap();
+    }
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = read(&[]).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8083");
+        assert_eq!(c.prefetch, 32);
+        assert_eq!(c.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(c.retry_schedule.to_string(), "5s,30s,2m,10m,1h,3h*7");
+        assert_eq!(
+            (c.smtp_url.as_str(), c.smtp_from.as_str()),
+            (DEFAULT_SMTP_URL, DEFAULT_SMTP_FROM)
+        );
+        let c = read(&[
+            ("LIFELINE_NOTIFIER_PREFETCH", "1"),
+            ("LIFELINE_WEBHOOK_TIMEOUT_MS", "250"),
+            ("LIFELINE_RETRY_SCHEDULE", "none"),
+            ("LIFELINE_SMTP_URL", "smtps://u:p@mail.example.com:465"),
+            ("LIFELINE_SMTP_FROM", "ops@example.com"),
+            ("LIFELINE_RETRY_DELAYS_MS", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(c.prefetch, 1);
+        assert_eq!(c.attempt_timeout, Duration::from_millis(250));
+        assert_eq!(c.retry_schedule.to_string(), "none");
+        assert_eq!(c.smtp_from, "ops@example.com");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (name, value, reason) in [
+            (
+                "LIFELINE_NOTIFIER_PREFETCH",
+                "0",
+                r#""0" is not from 1 to 65535"#,
+            ),
+            (
+                "LIFELINE_NOTIFIER_PREFETCH",
+                "70000",
+                r#""70000" is not from 1 to 65535"#,
+            ),
+            ("LIFELINE_WEBHOOK_TIMEOUT_MS", "0", r#""0" is less than 1"#),
+            (
+                "LIFELINE_WEBHOOK_TIMEOUT_MS",
+                "10s",
+                r#""10s" is not a whole number"#,
+            ),
+            (
+                "LIFELINE_NOTIFIER_ADDR",
+                "0.0.0.0",
+                r#""0.0.0.0" is not host:port (e.g. 0.0.0.0:8080)"#,
+            ),
+        ] {
+            let e = read(&[(name, value)]).unwrap_err();
+            assert_eq!((e.name.as_str(), e.reason.as_str()), (name, reason));
+        }
+        for (name, value) in [
+            ("LIFELINE_RETRY_SCHEDULE", "5 parsecs"),
+            ("LIFELINE_SMTP_URL", "smtp://user:hunter2@x?tls=maybe"),
+            ("LIFELINE_SMTP_FROM", "not an address"),
+            ("LIFELINE_AMQP_URL", "amqp://guest:hunter2@host:port/"),
+        ] {
+            let e = read(&[(name, value)]).unwrap_err();
+            assert_eq!(e.name, name, "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 }

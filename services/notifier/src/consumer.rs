@@ -46,6 +46,7 @@ use lapin::{
 };
 use lifeline_shared::{
     amqp::{self, AmqpError},
+    backoff::Backoff,
     names::Names,
 };
 use tokio::task::JoinSet;
@@ -53,10 +54,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{deliver::Deliverer, fanout::Fanout, settle::Settle};
 
-/// First pause before reconnecting; doubled after each failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest pause between reconnection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Pauses between reconnection attempts: from about 500 ms, doubling up
+/// to 10 s, jittered.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 /// Longest wait for connecting and setting up the channel.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before handing a job back to the queue, so an outage does not
@@ -157,7 +157,7 @@ impl Consumer {
         let queue = self.work.queue(&self.names);
         let jobs = self.work.jobs();
         let mut tasks = JoinSet::new();
-        let mut delay = BACKOFF_MIN;
+        let mut backoff = BACKOFF;
         let mut outage = false;
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
@@ -179,7 +179,7 @@ impl Consumer {
                         );
                     }
                     outage = false;
-                    delay = BACKOFF_MIN;
+                    backoff.reset();
                     self.consuming.store(true, Ordering::Relaxed);
                     let ended = self.consume(session, &mut tasks, &shutdown).await;
                     self.consuming.store(false, Ordering::Relaxed);
@@ -200,11 +200,9 @@ impl Consumer {
                 );
                 outage = true;
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => break,
+            if !backoff.wait(&shutdown).await {
+                break;
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
         }
         drain(&mut tasks, jobs).await;
         tracing::info!(amqp.queue = queue, "stopped consuming {jobs}");

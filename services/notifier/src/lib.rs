@@ -54,6 +54,7 @@ use anyhow::Context as _;
 use lifeline_shared::{
     amqp::Publisher,
     http::{self, ReadyCheck},
+    runtime::Supervisor,
     store::{Caps, Store},
     token::new_id,
 };
@@ -107,10 +108,12 @@ pub async fn run(
         config = ?config,
         "notifier starting"
     );
-    // Stop consuming if the ops server dies, so the process does not run
-    // on unobserved.
-    let stop = shutdown.child_token();
-    let volatile = tokio::spawn({
+    // Every task runs under one supervisor: if the ops server or a consumer
+    // ends on its own, the others stop and the process exits in error
+    // rather than running on unobserved or half-deaf.
+    let mut tasks = Supervisor::new("notifier", &shutdown);
+    let stop = tasks.token();
+    tasks.spawn_finite("Redis persistence check", {
         let (store, stop) = (store.clone(), stop.clone());
         async move { store.warn_if_volatile("notifier", stop).await }
     });
@@ -121,18 +124,10 @@ pub async fn run(
             [alerts_consuming.clone(), deliveries_consuming.clone()],
         ),
     );
-    let server = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let served = http::serve(ops_listener, router, stop.clone()).await;
-            if let Err(e) = &served {
-                tracing::error!(error = %e, "ops HTTP server failed; stopping");
-                stop.cancel();
-            }
-            served
-        })
-    };
-
+    tasks.spawn(
+        "ops HTTP server",
+        http::serve(ops_listener, router, stop.clone()),
+    );
     let consumer = |work, consuming| {
         Consumer::new(
             config.common.amqp_url.clone(),
@@ -143,17 +138,15 @@ pub async fn run(
         )
         .run(stop.clone())
     };
-    tokio::join!(
+    tasks.spawn(
+        "alerts consumer",
         consumer(Work::Fanout(fanout), alerts_consuming),
+    );
+    tasks.spawn(
+        "deliveries consumer",
         consumer(Work::Deliver(deliverer), deliveries_consuming),
     );
-
-    stop.cancel();
-    volatile.await.context("Redis persistence check")?;
-    server
-        .await
-        .context("ops HTTP server task")?
-        .context("ops HTTP server")?;
+    tasks.run().await?;
     tracing::info!("notifier stopped");
     Ok(())
 }
@@ -177,4 +170,44 @@ fn ready_check(store: Store, consuming: [Arc<AtomicBool>; 2]) -> ReadyCheck {
             vec![("redis", redis), ("rabbitmq", rabbitmq)]
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line `GET path` is answered with.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Started against brokers nobody listens on (it starts all the same),
+    /// then cancelled: every task stops and `run` returns `Ok`.
+    #[tokio::test]
+    async fn cancelled_it_drains_every_task_and_returns_ok() {
+        let mut config = Config::local("notifier-unit");
+        config.common.nats_url = "nats://127.0.0.1:1".into();
+        config.common.redis_url = "redis://127.0.0.1:1".into();
+        config.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(config, listener, shutdown.clone()));
+        assert!(get(addr, "/healthz").await.contains(" 200 "));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stopped within 10 s")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
 }

@@ -19,6 +19,8 @@
 //! Rotation points the new token at the monitor, writes it into the
 //! settings, then revokes the token it replaced.
 
+use std::time::Duration;
+
 use axum::{
     Json,
     extract::State,
@@ -27,6 +29,7 @@ use axum::{
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::{
+    backoff::Backoff,
     engine::Engine,
     model::{AlertJob, MonitorConfig, MonitorState, Status},
     state::Input,
@@ -378,13 +381,14 @@ pub(crate) async fn rotate_token(
 /// Revokes the token a rotation replaced, retrying briefly: once the new
 /// hash is in the settings nothing else remembers the old one.
 async fn revoke_replaced(app: &AppState, old_hash: &str) -> Result<(), StoreError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(400));
     let mut attempt = 1;
     loop {
         match app.store.revoke_token(old_hash).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt >= 3 => return Err(e),
             Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 attempt += 1;
             }
         }
