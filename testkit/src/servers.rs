@@ -15,6 +15,9 @@ enum Kind {
     Nats,
     /// redis-server with an append-only file, fsynced on every write.
     Redis,
+    /// redis-server that keeps nothing on disk (`--save "" --appendonly
+    /// no`, as many development machines run it).
+    VolatileRedis,
 }
 
 /// A private nats-server or redis-server on a free port with a data
@@ -39,6 +42,12 @@ impl PrivateServer {
         Self::start(Kind::Redis).await
     }
 
+    /// A redis-server that keeps nothing on disk: a restart loses
+    /// everything.
+    pub async fn redis_volatile() -> Self {
+        Self::start(Kind::VolatileRedis).await
+    }
+
     async fn start(kind: Kind) -> Self {
         let mut s = Self {
             port: free_port(),
@@ -54,7 +63,7 @@ impl PrivateServer {
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
-            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Redis | Kind::VolatileRedis => format!("redis://127.0.0.1:{}", self.port),
         }
     }
 
@@ -89,6 +98,21 @@ impl PrivateServer {
                     "yes",
                     "--appendfsync",
                     "always",
+                    "--save",
+                    "",
+                ],
+            ),
+            Kind::VolatileRedis => (
+                "redis-server",
+                vec![
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    &dir,
+                    "--appendonly",
+                    "no",
                     "--save",
                     "",
                 ],
