@@ -13,17 +13,18 @@
 //! "Invariant N" in comments across the workspace is the N-th invariant of
 //! `docs/DESIGN.md`.
 
+// The pure core, under the paths every service has used: the wire
+// contracts, ids, names and the state machine live in `lifeline-core`.
+pub use lifeline_core::{ids, model, names, state};
+
 pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metric;
-pub mod model;
-pub mod names;
 pub mod nats;
 pub mod runtime;
-pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ids::{AlertId, ChannelId, DeliveryId, MonitorId};
+
 /// Wire version of [`BeatEvent`] and [`AlertJob`].
 pub const WIRE_VERSION: u8 = 1;
 
@@ -26,7 +28,7 @@ pub struct BeatEvent {
     /// Wire version.
     pub v: u8,
     /// The monitor the push token resolved to.
-    pub monitor_id: String,
+    pub monitor_id: MonitorId,
     /// Reported status.
     pub status: BeatStatus,
     /// Free text, at most [`MSG_MAX_BYTES`].
@@ -214,7 +216,7 @@ pub struct MonitorConfig {
     /// Recommended push interval, in seconds.
     pub interval: u32,
     /// Channel ids alerted on state changes.
-    pub channels: Vec<String>,
+    pub channels: Vec<ChannelId>,
     /// Creation time (ms).
     pub created_at: i64,
     /// SHA-256 (hex) of the current push token: the token itself is never stored.
@@ -287,7 +289,7 @@ impl MonitorState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Monitor {
     /// Monitor id.
-    pub id: String,
+    pub id: MonitorId,
     /// Settings.
     pub cfg: MonitorConfig,
     /// Evaluated state.
@@ -314,14 +316,14 @@ pub struct StateChange {
     pub msg: Option<String>,
     /// The alert this change raised, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alert_id: Option<String>,
+    pub alert_id: Option<AlertId>,
 }
 
 /// Monitor identity carried by an alert.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorRef {
     /// Monitor id.
-    pub id: String,
+    pub id: MonitorId,
     /// Monitor name at the time of the alert.
     pub name: String,
 }
@@ -333,7 +335,7 @@ pub struct AlertJob {
     pub v: u8,
     /// Unique and stable: a job republished after a crash keeps its id, so
     /// the notifier delivers it to each channel once.
-    pub alert_id: String,
+    pub alert_id: AlertId,
     /// Down or up.
     pub event: AlertEvent,
     /// The monitor.
@@ -354,7 +356,7 @@ pub struct AlertJob {
     #[serde(default)]
     pub last_beat_at: Option<i64>,
     /// Channel ids to deliver to, as configured at the time of the change.
-    pub channels: Vec<String>,
+    pub channels: Vec<ChannelId>,
 }
 
 /// Where a channel delivers.
@@ -396,7 +398,7 @@ impl ChannelKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     /// Channel id.
-    pub id: String,
+    pub id: ChannelId,
     /// Descriptive name.
     pub name: String,
     /// Type and its settings.
@@ -415,9 +417,9 @@ pub struct DeliveryJob {
     pub v: u8,
     /// Stable id of this delivery, the same on every attempt: sent as
     /// `webhook-id`, so receivers can drop duplicates.
-    pub delivery_id: String,
+    pub delivery_id: DeliveryId,
     /// The channel to deliver to.
-    pub channel_id: String,
+    pub channel_id: ChannelId,
     /// Attempts made so far.
     pub attempt: u32,
     /// A test alert: one attempt, no retries.
@@ -429,11 +431,11 @@ pub struct DeliveryJob {
 
 impl DeliveryJob {
     /// The first-attempt job delivering `alert` to `channel_id`.
-    pub fn new(alert: AlertJob, channel_id: &str) -> Self {
+    pub fn new(alert: AlertJob, channel_id: &ChannelId) -> Self {
         Self {
             v: WIRE_VERSION,
-            delivery_id: format!("msg_{}_{channel_id}", alert.alert_id),
-            channel_id: channel_id.to_owned(),
+            delivery_id: DeliveryId::new(format!("msg_{}_{channel_id}", alert.alert_id)),
+            channel_id: channel_id.clone(),
             attempt: 0,
             test: false,
             alert,
@@ -490,7 +492,7 @@ pub struct AttemptRecord {
     /// When the attempt ended (ms).
     pub at: i64,
     /// The channel.
-    pub channel_id: String,
+    pub channel_id: ChannelId,
     /// `webhook`, `email` or `slack`.
     pub channel_type: String,
     /// 1 for the first attempt.

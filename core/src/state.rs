@@ -1,7 +1,7 @@
 //! The monitor state machine: a pure function of (state, rules, input) →
 //! (new state, state changes, alerts). No I/O and no clock: callers pass the
 //! time in, and the store applies the outcome atomically with a
-//! version check (see [`crate::store::Store::commit`]).
+//! version check (the store's commit script, `lifeline_shared::store`).
 //!
 //! A monitor's `deadline` is the next moment the clock acts on it: while up,
 //! its next deadline (a timeout, or one more miss towards `confirm`); while
@@ -23,7 +23,7 @@
 //!   sent, and the next is due a full period later.
 
 use crate::model::{
-    AlertEvent, AlertJob, BeatRecord, BeatStatus, CONFIRM_MAX, MonitorConfig, MonitorRef,
+    AlertEvent, AlertId, MonitorId, AlertJob, BeatRecord, BeatStatus, CONFIRM_MAX, MonitorConfig, MonitorRef,
     MonitorState, Outage, Reason, StateChange, Status, WIRE_VERSION,
 };
 
@@ -110,7 +110,7 @@ pub enum BeatDisposition {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Alert {
     /// Stable id: `<monitor id>.<change number>`.
-    pub alert_id: String,
+    pub alert_id: AlertId,
     /// Down or up.
     pub event: AlertEvent,
     /// Why.
@@ -135,7 +135,7 @@ impl Alert {
             alert_id: self.alert_id.clone(),
             event: self.event,
             monitor: MonitorRef {
-                id: monitor_id.to_owned(),
+                id: MonitorId::new(monitor_id),
                 name: cfg.name.clone(),
             },
             reason: self.reason,
@@ -191,7 +191,7 @@ impl Stepper<'_> {
             _ => None,
         };
         let alert_id = event.map(|event| {
-            let alert_id = format!("{}.{}", self.id, self.s.changes);
+            let alert_id = AlertId::new(format!("{}.{}", self.id, self.s.changes));
             self.alerts.push(Alert {
                 alert_id: alert_id.clone(),
                 event,

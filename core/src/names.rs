@@ -1,7 +1,7 @@
 //! Every name Lifeline creates in NATS and RabbitMQ, as functions of the
 //! configured prefix, and the sharding of monitors. A service never builds
-//! one by hand. Redis keys are the store's own (`crate::store::Keys`, laid
-//! out in the store's `keys` module), built by the store alone.
+//! one by hand. Redis keys are the store's own (`lifeline_shared::store::Keys`,
+//! laid out in the store's `keys` module), built by the store alone.
 //!
 //! A monitor belongs to shard [`shard_of`]`(id)` of [`SHARDS`]: its beats
 //! are published on that shard's subject, and all of its Redis keys carry
