@@ -229,9 +229,8 @@ pub mod var {
     /// A Redis URL (`redis://host:6379`, `rediss://…`), as the client
     /// parses it.
     pub fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        use redis::IntoConnectionInfo as _;
         let v = text(d)?;
-        match v.as_str().into_connection_info() {
+        match crate::store::Store::check_url(&v) {
             Ok(_) => Ok(v),
             Err(e) => Err(D::Error::custom(format!(
                 "{:?} is not a Redis URL: {e}",

@@ -65,6 +65,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether `url` is a Redis URL the store can open; why not if not
+    /// (configuration checks it at start).
+    pub fn check_url(url: &str) -> std::result::Result<(), String> {
+        Conn::check_url(url)
+    }
+
     /// A store on `url`. Connects lazily and reconnects by itself, so a
     /// service starts while Redis is down and answers 503 until it is back;
     /// each command gives up after 2 s.

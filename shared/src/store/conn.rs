@@ -52,6 +52,14 @@ impl Conn {
         })
     }
 
+    /// Whether `url` is a Redis URL the client accepts; why not if not.
+    pub(crate) fn check_url(url: &str) -> Result<(), String> {
+        use redis::IntoConnectionInfo as _;
+        url.into_connection_info()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Sends one command.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         self.count();
