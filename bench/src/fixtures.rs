@@ -100,7 +100,7 @@ pub(crate) async fn create(
                     name: format!("bench-{i:07}"),
                     timeout,
                     interval: timeout,
-                    channels: vec![CHANNEL.to_owned()],
+                    channels: vec![CHANNEL.into()],
                     created_at: now,
                     token_hash: token::hash(tok),
                     token_hint: token::hint(tok),

@@ -158,7 +158,10 @@ mod tests {
     fn an_id_is_a_plain_string_on_the_wire() {
         let id = MonitorId::new("abc123");
         assert_eq!(serde_json::to_string(&id).unwrap(), r#""abc123""#);
-        assert_eq!(serde_json::from_str::<MonitorId>(r#""abc123""#).unwrap(), id);
+        assert_eq!(
+            serde_json::from_str::<MonitorId>(r#""abc123""#).unwrap(),
+            id
+        );
         assert_eq!(id, "abc123");
         assert_eq!(format!("{id} {id:?}"), r#"abc123 "abc123""#);
         let map: std::collections::HashMap<MonitorId, u8> = [(id.clone(), 1)].into();

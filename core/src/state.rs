@@ -23,8 +23,8 @@
 //!   sent, and the next is due a full period later.
 
 use crate::model::{
-    AlertEvent, AlertId, MonitorId, AlertJob, BeatRecord, BeatStatus, CONFIRM_MAX, MonitorConfig, MonitorRef,
-    MonitorState, Outage, Reason, StateChange, Status, WIRE_VERSION,
+    AlertEvent, AlertId, AlertJob, BeatRecord, BeatStatus, CONFIRM_MAX, MonitorConfig, MonitorId,
+    MonitorRef, MonitorState, Outage, Reason, StateChange, Status, WIRE_VERSION,
 };
 
 /// The settings a step follows, taken from a monitor's configuration.

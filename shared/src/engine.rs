@@ -101,7 +101,7 @@ impl Engine {
     fn remember(&self, id: &str, cfg: &MonitorConfig, state: &MonitorState, ver: u64) {
         if let Some(cache) = &self.cache {
             cache.put(Monitor {
-                id: id.to_owned(),
+                id: id.into(),
                 cfg: cfg.clone(),
                 state: state.clone(),
                 ver,

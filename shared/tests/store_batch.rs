@@ -55,7 +55,7 @@ impl TestStore {
             name: id.to_owned(),
             timeout,
             interval: timeout,
-            channels: vec!["ch".to_owned()],
+            channels: vec!["ch".into()],
             created_at,
             token_hash: token::hash(&format!("token of {id}")),
             token_hint: "tok".to_owned(),
@@ -215,7 +215,7 @@ async fn a_batch_leaves_monitors_as_sequential_applies_do() {
         .outbox()
         .await
         .into_iter()
-        .map(|j| (j.alert_id, j.event))
+        .map(|j| (j.alert_id.into_string(), j.event))
         .collect();
     assert_eq!(
         alerts,
@@ -435,7 +435,7 @@ async fn racing_batches_raise_each_alert_once() {
     for run in runs {
         for applied in run.unwrap() {
             for job in applied.expect("monitor exists").jobs {
-                *raised.entry(job.alert_id).or_default() += 1;
+                *raised.entry(job.alert_id.into_string()).or_default() += 1;
             }
         }
     }
@@ -537,7 +537,7 @@ fn settings(name: &str, channels: usize, created_at: i64) -> MonitorConfig {
         name: name.to_owned(),
         timeout: 3600,
         interval: 3600,
-        channels: (0..channels).map(|_| token::new_id()).collect(),
+        channels: (0..channels).map(|_| token::new_id().into()).collect(),
         created_at,
         token_hash: token::hash(&tok),
         token_hint: token::hint(&tok),
@@ -586,7 +586,7 @@ async fn settings_and_state_round_trip_through_commits() {
         name: "reminded, renamed".to_owned(),
         timeout: 60,
         interval: 30,
-        channels: vec!["ops".to_owned(), "on-call_2".to_owned()],
+        channels: vec!["ops".into(), "on-call_2".into()],
         remind_every: Some(600),
         confirm: 3,
         ..cfg.clone()

@@ -93,7 +93,7 @@ async fn jetstream_runs(env: &Env, opts: &CeilingOpts) -> anyhow::Result<(Vec<Js
     let stream = js.create_stream(beats_stream_config(&names)).await?;
     let payload = bytes::Bytes::from(serde_json::to_vec(&BeatEvent {
         v: WIRE_VERSION,
-        monitor_id: token::new_id(),
+        monitor_id: token::new_id().into(),
         status: BeatStatus::Up,
         msg: None,
         msg_truncated: false,

@@ -181,7 +181,7 @@ async fn one(env: &Env, n: usize, opts: &DetectionOpts) -> anyhow::Result<Detect
                 g.other += 1;
                 continue;
             };
-            if !seen.insert(job.alert_id) {
+            if !seen.insert(job.alert_id.into_string()) {
                 g.duplicates += 1;
                 continue;
             }

@@ -17,7 +17,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use lifeline_shared::store::StoreError;
+use lifeline_shared::{model::MonitorId, store::StoreError};
 use serde_json::{Map, Value, json};
 
 /// Why a request was refused or failed.
@@ -54,7 +54,7 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
         /// Ids of the monitors using the channel.
-        monitors: Vec<String>,
+        monitors: Vec<MonitorId>,
     },
     /// The body exceeds the size limit (413).
     #[error("request body too large")]

@@ -1175,7 +1175,7 @@ async fn history_is_newest_first_with_deliveries() {
     app.store.put_delivery(&alert_id, &ch, &rec).await.unwrap();
     let first = AttemptRecord {
         at: t + 2100,
-        channel_id: ch.clone(),
+        channel_id: ch.clone().into(),
         channel_type: "webhook".into(),
         attempt: 1,
         outcome: DeliveryOutcome::Retrying,
@@ -1408,7 +1408,7 @@ async fn a_test_alert_is_queued_for_a_notifier_and_answers_its_outcome() {
         let at = now_ms();
         let attempt = AttemptRecord {
             at,
-            channel_id: ch.clone(),
+            channel_id: ch.clone().into(),
             channel_type: "webhook".into(),
             attempt: 1,
             outcome: DeliveryOutcome::Succeeded,
@@ -1494,7 +1494,7 @@ async fn a_failed_test_delivery_answers_200_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let attempt = AttemptRecord {
             at,
-            channel_id: ch.clone(),
+            channel_id: ch.clone().into(),
             channel_type: "email".into(),
             attempt: 1,
             outcome: DeliveryOutcome::Failed,
@@ -1510,7 +1510,7 @@ async fn a_failed_test_delivery_answers_200_with_the_reason() {
     let path = format!("/api/v1/channels/{ch}/test");
     let ((s, v), job) = tokio::join!(app.post(&path, json!({})), notifier);
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["alert_id"], job.alert.alert_id);
+    assert_eq!(v["alert_id"], job.alert.alert_id.as_str());
     assert_eq!(v["outcome"], "failed");
     assert_eq!(v["http_status"], Value::Null);
     assert_eq!(v["smtp_reply"], reply);

@@ -35,7 +35,7 @@ use lifeline_shared::{
     backoff::Backoff,
     engine::{Applied, Engine},
     metric,
-    model::{BeatBatch, BeatEvent, BeatRecord, Pulse, beat_seq},
+    model::{BeatBatch, BeatEvent, BeatRecord, MonitorId, Pulse, beat_seq},
     names::Names,
     nats,
     state::{BeatDisposition, Input},
@@ -256,7 +256,7 @@ enum Work {
     /// A beat to apply.
     Beat {
         group: Arc<AckGroup>,
-        monitor_id: String,
+        monitor_id: MonitorId,
         beat: BeatRecord,
     },
     /// Answer once everything queued before it is applied.
@@ -328,7 +328,7 @@ async fn lane(
     jobs: crate::outbox::Relay,
     shutdown: CancellationToken,
 ) {
-    let mut held: Vec<(Arc<AckGroup>, String, BeatRecord)> = Vec::with_capacity(LANE_BATCH);
+    let mut held: Vec<(Arc<AckGroup>, MonitorId, BeatRecord)> = Vec::with_capacity(LANE_BATCH);
     while let Some(mut work) = rx.recv().await {
         let barrier = loop {
             match work {
@@ -366,7 +366,7 @@ async fn lane(
 /// Applies `held` until it succeeds (true) or `shutdown` (false).
 async fn apply(
     engine: &Engine,
-    held: &[(Arc<AckGroup>, String, BeatRecord)],
+    held: &[(Arc<AckGroup>, MonitorId, BeatRecord)],
     jobs: &crate::outbox::Relay,
     shutdown: &CancellationToken,
 ) -> bool {

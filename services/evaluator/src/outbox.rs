@@ -17,7 +17,12 @@ use std::{
 
 use futures::StreamExt as _;
 
-use lifeline_shared::{amqp::Publisher, metric, model::AlertJob, store::Store};
+use lifeline_shared::{
+    amqp::Publisher,
+    metric,
+    model::{AlertId, AlertJob, MonitorId},
+    store::Store,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -54,14 +59,14 @@ const DONE_BATCH: usize = 1024;
 /// delivered once.
 #[derive(Clone)]
 struct Confirmed {
-    tx: mpsc::UnboundedSender<(String, String)>,
+    tx: mpsc::UnboundedSender<(AlertId, MonitorId)>,
 }
 
 impl Confirmed {
     /// A handle and the removing task (to run), which ends once every
     /// handle is dropped.
     fn new(store: Store) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(AlertId, MonitorId)>();
         let removing = async move {
             let mut batch = Vec::with_capacity(DONE_BATCH);
             while rx.recv_many(&mut batch, DONE_BATCH).await > 0 {
@@ -88,7 +93,7 @@ const IN_FLIGHT: usize = 512;
 #[derive(Clone)]
 pub(crate) struct Relay {
     tx: mpsc::Sender<AlertJob>,
-    held: Arc<Mutex<HashSet<String>>>,
+    held: Arc<Mutex<HashSet<AlertId>>>,
     confirmed: Confirmed,
 }
 
@@ -177,7 +182,7 @@ pub(crate) async fn sweep(
     shutdown: CancellationToken,
 ) {
     let confirmed = relay.confirmed.clone();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<AlertId> = HashSet::new();
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,7 +211,7 @@ pub(crate) async fn sweep(
                 still.insert(job.alert_id);
             }
         }
-        let failed: Vec<String> = futures::stream::iter(left_behind)
+        let failed: Vec<AlertId> = futures::stream::iter(left_behind)
             .map(|job| {
                 let (publisher, confirmed) = (publisher.clone(), confirmed.clone());
                 async move {

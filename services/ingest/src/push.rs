@@ -220,7 +220,7 @@ async fn accept(
     let monitor_id = resolve(state, &push_token).await?;
     let event = BeatEvent {
         v: WIRE_VERSION,
-        monitor_id,
+        monitor_id: monitor_id.into(),
         status: params.status,
         msg: params.msg,
         msg_truncated: params.msg_truncated,

@@ -134,8 +134,8 @@ impl Deliverer {
             Ok(settle) => settle,
             Err(e) => {
                 tracing::warn!(
-                    alert.id = job.alert.alert_id,
-                    channel.id = job.channel_id,
+                    alert.id = %job.alert.alert_id,
+                    channel.id = %job.channel_id,
                     error = %e,
                     "could not read or write the delivery's state; handing it back to the queue"
                 );
@@ -158,8 +158,8 @@ impl Deliverer {
             .await?
         {
             tracing::debug!(
-                alert.id = job.alert.alert_id,
-                channel.id = job.channel_id,
+                alert.id = %job.alert.alert_id,
+                channel.id = %job.channel_id,
                 "another notifier is attempting this delivery; looking again shortly"
             );
             self.publish_delayed(ch, job, RECHECK).await?;
@@ -172,7 +172,7 @@ impl Deliverer {
             .await
         {
             tracing::debug!(
-                delivery.id = job.delivery_id,
+                delivery.id = %job.delivery_id,
                 error = %e,
                 "could not release the delivery claim; it expires by itself"
             );
@@ -192,8 +192,8 @@ impl Deliverer {
         };
         if rec.outcome.is_final() || rec.attempts > job.attempt {
             tracing::info!(
-                alert.id = job.alert.alert_id,
-                channel.id = job.channel_id,
+                alert.id = %job.alert.alert_id,
+                channel.id = %job.channel_id,
                 outcome = rec.outcome.as_str(),
                 attempts = rec.attempts,
                 job.attempt = job.attempt,
@@ -223,7 +223,7 @@ impl Deliverer {
             }
             Err(StoreError::Corrupt { key, error }) => {
                 tracing::error!(
-                    channel.id = job.channel_id,
+                    channel.id = %job.channel_id,
                     redis.key = key,
                     error = %error,
                     "alert channel record is corrupt"
@@ -243,8 +243,8 @@ impl Deliverer {
                 .await?
         {
             tracing::debug!(
-                alert.id = job.alert.alert_id,
-                channel.id = job.channel_id,
+                alert.id = %job.alert.alert_id,
+                channel.id = %job.channel_id,
                 "slack webhook got a message less than a second ago; sending shortly"
             );
             self.publish_delayed(ch, job, RECHECK).await?;
@@ -293,7 +293,7 @@ impl Deliverer {
             Ok(events) => events,
             Err(e) => {
                 tracing::warn!(
-                    monitor.id = job.alert.monitor.id,
+                    monitor.id = %job.alert.monitor.id,
                     error = %e,
                     "could not read the monitor's history; the alert will not say how long it was down"
                 );
@@ -377,11 +377,11 @@ impl Deliverer {
                 records.write(&self.store, job).await?;
                 count(kind, outcome);
                 tracing::info!(
-                    alert.id = job.alert.alert_id,
-                    monitor.id = job.alert.monitor.id,
-                    channel.id = job.channel_id,
+                    alert.id = %job.alert.alert_id,
+                    monitor.id = %job.alert.monitor.id,
+                    channel.id = %job.channel_id,
                     channel.type = kind,
-                    delivery.id = job.delivery_id,
+                    delivery.id = %job.delivery_id,
                     attempt = log.attempt,
                     http.status = log.http_status,
                     smtp.reply = log.smtp_reply,
@@ -392,10 +392,10 @@ impl Deliverer {
             (Err(error), Decision::Retry { after }) => {
                 count(kind, outcome);
                 tracing::info!(
-                    alert.id = job.alert.alert_id,
-                    channel.id = job.channel_id,
+                    alert.id = %job.alert.alert_id,
+                    channel.id = %job.channel_id,
                     channel.type = kind,
-                    delivery.id = job.delivery_id,
+                    delivery.id = %job.delivery_id,
                     attempt = log.attempt,
                     http.status = log.http_status,
                     smtp.reply = log.smtp_reply,
@@ -406,8 +406,8 @@ impl Deliverer {
                 // The retry is on its way: a lost record is only a missing log line.
                 if let Err(e) = records.write(&self.store, job).await {
                     tracing::warn!(
-                        alert.id = job.alert.alert_id,
-                        channel.id = job.channel_id,
+                        alert.id = %job.alert.alert_id,
+                        channel.id = %job.channel_id,
                         error = %e,
                         "could not record the failed attempt; the retry is scheduled regardless"
                     );
@@ -417,11 +417,11 @@ impl Deliverer {
                 records.write(&self.store, job).await?;
                 count(kind, outcome);
                 tracing::warn!(
-                    alert.id = job.alert.alert_id,
-                    monitor.id = job.alert.monitor.id,
-                    channel.id = job.channel_id,
+                    alert.id = %job.alert.alert_id,
+                    monitor.id = %job.alert.monitor.id,
+                    channel.id = %job.channel_id,
                     channel.type = kind,
-                    delivery.id = job.delivery_id,
+                    delivery.id = %job.delivery_id,
                     attempt = log.attempt,
                     test = job.test,
                     retryable = error.retryable(),

@@ -17,7 +17,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use lifeline_shared::{
     amqp::Publisher,
-    model::{AlertEvent, AlertJob, DeliveryJob, DeliveryOutcome, DeliveryRecord},
+    model::{AlertEvent, AlertJob, ChannelId, DeliveryJob, DeliveryOutcome, DeliveryRecord},
     store::{Store, StoreError},
     time::now_ms,
 };
@@ -43,16 +43,15 @@ impl Fanout {
             Err(settle) => return settle,
         };
         let mut seen = HashSet::new();
-        let channels: Vec<&str> = alert
+        let channels: Vec<&ChannelId> = alert
             .channels
             .iter()
-            .map(String::as_str)
-            .filter(|id| seen.insert(*id))
+            .filter(|id| seen.insert(id.as_str()))
             .collect();
         for channel_id in &channels {
             if let Err(e) = self.init_record(&alert.alert_id, channel_id).await {
                 tracing::warn!(
-                    alert.id = alert.alert_id,
+                    alert.id = %alert.alert_id,
                     error = %e,
                     "could not write delivery records; handing the alert job back to the queue"
                 );
@@ -65,7 +64,7 @@ impl Fanout {
             job.test = alert.event == AlertEvent::Test;
             if let Err(e) = self.publisher.publish_delivery(&queue, &job).await {
                 tracing::warn!(
-                    alert.id = alert.alert_id,
+                    alert.id = %alert.alert_id,
                     error = %e,
                     "could not publish a delivery job; handing the alert job back to the queue"
                 );
@@ -73,8 +72,8 @@ impl Fanout {
             }
         }
         tracing::info!(
-            alert.id = alert.alert_id,
-            monitor.id = alert.monitor.id,
+            alert.id = %alert.alert_id,
+            monitor.id = %alert.monitor.id,
             alert.event = alert.event.as_str(),
             channels = channels.len(),
             "alert fanned out to its channels"

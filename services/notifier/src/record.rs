@@ -92,7 +92,7 @@ impl Records {
         if let Err(e) = retry(|| store.append_attempt(alert_id, &self.log)).await {
             tracing::warn!(
                 alert.id = alert_id,
-                channel.id = job.channel_id,
+                channel.id = %job.channel_id,
                 error = %e,
                 "could not append to the attempt log"
             );
@@ -140,7 +140,7 @@ mod tests {
             last_beat_at: None,
             channels: vec!["c".into()],
         };
-        DeliveryJob::new(alert, "c")
+        DeliveryJob::new(alert, &"c".into())
     }
 
     #[test]

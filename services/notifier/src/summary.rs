@@ -98,7 +98,7 @@ impl Summary {
             facts.push(Fact {
                 label: "Monitor",
                 value: if name.is_empty() || job.event != AlertEvent::Test {
-                    job.monitor.id.clone()
+                    job.monitor.id.to_string()
                 } else {
                     format!("{name} ({})", job.monitor.id)
                 },
@@ -106,7 +106,7 @@ impl Summary {
         }
         facts.push(Fact {
             label: "Alert id",
-            value: job.alert_id.clone(),
+            value: job.alert_id.to_string(),
         });
         Self {
             event: job.event,

@@ -281,7 +281,7 @@ impl Harness {
 
     async fn put(&self, name: &str, kind: ChannelKind) -> Channel {
         let c = Channel {
-            id: new_id(),
+            id: new_id().into(),
             name: name.into(),
             kind,
             created_at: 1,
@@ -434,10 +434,10 @@ fn job(channels: &[&Channel]) -> AlertJob {
     let monitor = new_id();
     AlertJob {
         v: 1,
-        alert_id: format!("{monitor}.1"),
+        alert_id: format!("{monitor}.1").into(),
         event: AlertEvent::Down,
         monitor: MonitorRef {
-            id: monitor,
+            id: monitor.into(),
             name: "nightly-backup".into(),
         },
         reason: Reason::Reported,
@@ -450,7 +450,9 @@ fn job(channels: &[&Channel]) -> AlertJob {
 }
 
 fn delivery_id(job: &AlertJob, channel: &Channel) -> String {
-    DeliveryJob::new(job.clone(), &channel.id).delivery_id
+    DeliveryJob::new(job.clone(), &channel.id)
+        .delivery_id
+        .into_string()
 }
 
 fn header(hit: &Hit, name: &str) -> String {
@@ -671,7 +673,7 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
     let unreachable = h.webhook(&format!("http://{dead_addr}/hook")).await;
     let refusing = h.webhook(&rx.url_for("refusing")).await;
     let missing = Channel {
-        id: new_id(),
+        id: new_id().into(),
         name: "gone".into(),
         kind: ChannelKind::Webhook {
             url: rx.url_for("missing"),
@@ -717,7 +719,7 @@ async fn every_channel_gets_a_final_record_even_when_delivery_fails() {
         .dead_letters()
         .await
         .into_iter()
-        .map(|j| j.channel_id)
+        .map(|j| j.channel_id.into_string())
         .collect();
     dead.sort();
     let mut expected = vec![unreachable.id, refusing.id, missing.id];

@@ -21,7 +21,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::model::Monitor;
+use crate::model::{Monitor, MonitorId};
 
 /// Above this share of stale entries the cache is not consulted.
 const STALE_LIMIT: f64 = 0.1;
@@ -38,7 +38,7 @@ pub(crate) struct MonitorCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<String, Monitor>,
+    map: HashMap<MonitorId, Monitor>,
     /// Running share of entries found stale.
     stale: f64,
 }

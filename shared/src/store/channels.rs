@@ -57,7 +57,11 @@ impl Store {
             .await?;
         let _: () = self
             .conn
-            .query(&Cmd::zadd(self.keys.channels_index(), &c.id, c.created_at))
+            .query(&Cmd::zadd(
+                self.keys.channels_index(),
+                c.id.as_str(),
+                c.created_at,
+            ))
             .await?;
         Ok(())
     }

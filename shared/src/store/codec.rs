@@ -50,7 +50,7 @@
 //! Reading is strict: a missing required field, an unparsable number or an
 //! unknown status is an error naming the field, never a default.
 
-use crate::model::{Monitor, MonitorConfig, MonitorState, Status};
+use crate::model::{ChannelId, Monitor, MonitorConfig, MonitorState, Status};
 
 /// One field of a monitor hash; the declaration order is the order of
 /// [`Field::ALL`] and of the values [`decode`] takes.
@@ -261,7 +261,7 @@ pub(crate) fn decode(id: &str, values: Vec<Option<String>>) -> Result<Option<Mon
         misses: row.number(Field::Misses)?,
     };
     Ok(Some(Monitor {
-        id: id.to_owned(),
+        id: id.into(),
         cfg,
         state,
         ver: row.number(Field::Ver)?,
@@ -332,15 +332,19 @@ fn plain_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn encode_channels(channels: &[String]) -> String {
+fn encode_channels(channels: &[ChannelId]) -> String {
     if channels.iter().all(|c| plain_id(c)) {
-        channels.join(",")
+        channels
+            .iter()
+            .map(ChannelId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     } else {
         serde_json::to_string(channels).expect("strings serialize")
     }
 }
 
-fn decode_channels(field: Field, raw: &str) -> Result<Vec<String>, FieldError> {
+fn decode_channels(field: Field, raw: &str) -> Result<Vec<ChannelId>, FieldError> {
     let not_a_list = || invalid(field, format!("`{raw}` is not a list of channel ids"));
     if raw.starts_with('[') {
         return serde_json::from_str(raw).map_err(|_| not_a_list());
@@ -349,7 +353,7 @@ fn decode_channels(field: Field, raw: &str) -> Result<Vec<String>, FieldError> {
         return Ok(Vec::new());
     }
     raw.split(',')
-        .map(|id| plain_id(id).then(|| id.to_owned()).ok_or_else(not_a_list))
+        .map(|id| plain_id(id).then(|| id.into()).ok_or_else(not_a_list))
         .collect()
 }
 

@@ -244,7 +244,7 @@ impl Store {
                 call.arg(field.key());
             }
             for job in c.alerts {
-                call.arg(&job.alert_id).arg(json(job));
+                call.arg(job.alert_id.as_str()).arg(json(job));
             }
             for change in c.changes.iter() {
                 call.arg(json(change));

@@ -126,7 +126,7 @@ impl Store {
     /// Deletes a monitor, its token, deadline and history. Returns whether it existed.
     pub async fn delete_monitor(&self, monitor: &Monitor) -> Result<bool> {
         self.revoke_token(&monitor.cfg.token_hash).await?;
-        let id = &monitor.id;
+        let id = monitor.id.as_str();
         let mut delete = DELETE.key(self.keys.monitor(id));
         delete
             .key(self.keys.deadlines(shard_of(id)))

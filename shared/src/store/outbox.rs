@@ -6,7 +6,7 @@
 
 use super::{Keys, Result, Store, keys::Tag, parse};
 use crate::{
-    model::AlertJob,
+    model::{AlertId, AlertJob, MonitorId},
     names::{SHARDS, shard_of},
 };
 
@@ -35,10 +35,10 @@ impl Store {
 
     /// Removes many jobs (alert id, monitor id) from their outboxes in one
     /// pipelined round trip, once RabbitMQ confirmed them.
-    pub async fn outbox_done_many(&self, jobs: &[(String, String)]) -> Result<()> {
+    pub async fn outbox_done_many(&self, jobs: &[(AlertId, MonitorId)]) -> Result<()> {
         let mut pipe = redis::pipe();
         for (alert_id, monitor_id) in jobs {
-            pipe.hdel(self.keys.outbox(shard_of(monitor_id)), alert_id)
+            pipe.hdel(self.keys.outbox(shard_of(monitor_id)), alert_id.as_str())
                 .ignore();
         }
         let _: () = self.conn.pipe(&pipe).await?;

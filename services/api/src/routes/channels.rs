@@ -22,7 +22,7 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::{
-    model::{Channel, ChannelKind},
+    model::{Channel, ChannelId, ChannelKind, MonitorId},
     store::CommitResult,
     time::now_ms,
     token,
@@ -72,7 +72,7 @@ impl Type {
 /// A channel as the API shows it: never a secret in full.
 #[derive(Debug, Serialize)]
 pub(crate) struct ChannelView {
-    id: String,
+    id: ChannelId,
     #[serde(rename = "type")]
     kind: &'static str,
     name: String,
@@ -303,7 +303,7 @@ pub(crate) async fn create(
         ),
     };
     let channel = Channel {
-        id: token::new_id(),
+        id: token::new_id().into(),
         name,
         kind,
         created_at: now_ms(),
@@ -425,7 +425,7 @@ pub(super) async fn find(app: &AppState, id: &str) -> Result<Channel, ApiError> 
 }
 
 /// Ids of the monitors whose channels include `channel_id`, oldest first.
-async fn monitors_using(app: &AppState, channel_id: &str) -> Result<Vec<String>, ApiError> {
+async fn monitors_using(app: &AppState, channel_id: &str) -> Result<Vec<MonitorId>, ApiError> {
     let ids = app.store.monitor_ids().await?;
     let monitors: Vec<_> = stream::iter(ids)
         .map(|id| {

@@ -8,8 +8,8 @@
 use axum::{Json, extract::State};
 use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::model::{
-    AttemptRecord, BeatRecord, BeatStatus, DeliveryOutcome, DeliveryRecord, Reason, StateChange,
-    Status,
+    AlertId, AttemptRecord, BeatRecord, BeatStatus, ChannelId, DeliveryOutcome, DeliveryRecord,
+    Reason, StateChange, Status,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -47,7 +47,7 @@ impl From<&BeatRecord> for BeatView {
 /// The outcome of delivering an alert to one channel.
 #[derive(Debug, Serialize)]
 pub(super) struct DeliveryView {
-    channel_id: String,
+    channel_id: ChannelId,
     outcome: DeliveryOutcome,
     attempts: u32,
     at: String,
@@ -57,7 +57,7 @@ pub(super) struct DeliveryView {
 }
 
 impl DeliveryView {
-    fn new(channel_id: String, r: DeliveryRecord) -> Self {
+    fn new(channel_id: ChannelId, r: DeliveryRecord) -> Self {
         Self {
             channel_id,
             outcome: r.outcome,
@@ -74,7 +74,7 @@ impl DeliveryView {
 #[derive(Debug, Serialize)]
 pub(super) struct AttemptView {
     at: String,
-    channel_id: String,
+    channel_id: ChannelId,
     channel_type: String,
     attempt: u32,
     outcome: DeliveryOutcome,
@@ -110,7 +110,7 @@ struct EventView {
     to: Status,
     reason: Reason,
     msg: Option<String>,
-    alert_id: Option<String>,
+    alert_id: Option<AlertId>,
     deliveries: Vec<DeliveryView>,
     attempts: Vec<AttemptView>,
 }
@@ -135,7 +135,7 @@ async fn delivery_log(
     records.sort_by(|a, b| a.0.cmp(&b.0));
     let deliveries = records
         .into_iter()
-        .map(|(channel, r)| DeliveryView::new(channel, r))
+        .map(|(channel, r)| DeliveryView::new(channel.into(), r))
         .collect();
     Ok((deliveries, attempts.into_iter().map(Into::into).collect()))
 }

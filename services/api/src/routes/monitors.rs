@@ -31,7 +31,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use lifeline_shared::{
     backoff::Backoff,
     engine::Engine,
-    model::{AlertJob, MonitorConfig, MonitorState, Status},
+    model::{AlertJob, ChannelId, MonitorConfig, MonitorId, MonitorState, Status},
     state::Input,
     store::StoreError,
     time::now_ms,
@@ -62,12 +62,12 @@ const CHANNELS_MAX: usize = 50;
 /// A monitor as the API shows it: never the token, only its hint.
 #[derive(Debug, Serialize)]
 pub(crate) struct MonitorView {
-    id: String,
+    id: MonitorId,
     name: String,
     status: Status,
     timeout: u32,
     interval: u32,
-    channels: Vec<String>,
+    channels: Vec<ChannelId>,
     /// Seconds between down reminders; `null`: none.
     remind_every: Option<u32>,
     /// Missed deadlines in a row before a timeout alerts.
@@ -87,7 +87,7 @@ pub(crate) struct MonitorView {
 impl MonitorView {
     fn new(id: &str, cfg: &MonitorConfig, state: &MonitorState) -> Self {
         Self {
-            id: id.to_owned(),
+            id: id.into(),
             name: cfg.name.clone(),
             status: state.status,
             timeout: cfg.timeout,
@@ -417,7 +417,7 @@ fn known_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// The `channels` field: ids of existing channels, duplicates removed.
-async fn known_channels(app: &AppState, v: Value) -> Result<Vec<String>, ApiError> {
+async fn known_channels(app: &AppState, v: Value) -> Result<Vec<ChannelId>, ApiError> {
     let ids = input::id_list("channels", v, CHANNELS_MAX)?;
     for id in &ids {
         let exists = input::plausible_id(id) && app.store.channel(id).await?.is_some();
@@ -428,7 +428,7 @@ async fn known_channels(app: &AppState, v: Value) -> Result<Vec<String>, ApiErro
             ));
         }
     }
-    Ok(ids)
+    Ok(ids.into_iter().map(ChannelId::from).collect())
 }
 
 /// Alert jobs from an API-driven input: the state machine raises none for

@@ -22,7 +22,7 @@ use axum::{Json, extract::State};
 use lifeline_shared::{
     metric,
     model::{
-        AlertEvent, AlertJob, AttemptRecord, DeliveryJob, DeliveryOutcome, DeliveryRecord,
+        AlertEvent, AlertId, AlertJob, AttemptRecord, DeliveryJob, DeliveryOutcome, DeliveryRecord,
         MonitorRef, Reason, WIRE_VERSION,
     },
     time::now_ms,
@@ -56,7 +56,7 @@ const ATTEMPT_GRACE: Duration = Duration::from_secs(1);
 fn test_alert(channel_id: &str, now: i64) -> AlertJob {
     AlertJob {
         v: WIRE_VERSION,
-        alert_id: format!("test.{}", token::new_id()),
+        alert_id: AlertId::new(format!("test.{}", token::new_id())),
         event: AlertEvent::Test,
         monitor: MonitorRef {
             id: TEST_MONITOR_ID.into(),
@@ -67,7 +67,7 @@ fn test_alert(channel_id: &str, now: i64) -> AlertJob {
         value: None,
         at: now,
         last_beat_at: None,
-        channels: vec![channel_id.to_owned()],
+        channels: vec![channel_id.into()],
     }
 }
 

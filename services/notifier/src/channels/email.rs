@@ -205,7 +205,7 @@ mod tests {
                 last_beat_at: Some(1_700_000_000_000),
                 channels: vec!["c1".into()],
             },
-            "c1",
+            &"c1".into(),
         )
     }
 

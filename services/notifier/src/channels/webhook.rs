@@ -108,7 +108,7 @@ pub(crate) async fn send(
     let mut request = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.delivery_id)
+        .header("webhook-id", job.delivery_id.as_str())
         .header("webhook-timestamp", timestamp.to_string());
     if let Some(key) = key {
         request = request.header(
@@ -220,7 +220,7 @@ mod tests {
     #[tokio::test]
     async fn non_http_urls_are_refused_without_a_request() {
         let client = reqwest::Client::new();
-        let dj = DeliveryJob::new(job(), "c1");
+        let dj = DeliveryJob::new(job(), &"c1".into());
         let err = send(&client, "ftp://example.com/x", "", &dj)
             .await
             .unwrap_err();

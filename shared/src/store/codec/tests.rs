@@ -202,11 +202,12 @@ fn usual_values_fit_a_listpack() {
 #[test]
 fn channel_ids_that_cannot_be_comma_joined_are_kept_as_json() {
     for channels in [
-        vec!["a,b".to_owned(), "c".to_owned()],
-        vec![String::new()],
-        vec!["[x".to_owned()],
-        vec!["é".to_owned(), "a b".to_owned()],
+        vec!["a,b".into(), "c".into()],
+        vec![ChannelId::default()],
+        vec!["[x".into()],
+        vec!["é".into(), "a b".into()],
     ] {
+        let channels: Vec<ChannelId> = channels;
         let encoded = encode_channels(&channels);
         assert!(encoded.starts_with('['), "{encoded}");
         let cfg = MonitorConfig {
