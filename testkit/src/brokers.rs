@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use lifeline_shared::names::Names;
+use lifeline_shared::{config::Common, names::Names};
 
 /// NATS with JetStream on this machine.
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -34,6 +34,24 @@ impl Brokers {
             redis_url: REDIS_URL.into(),
             amqp_url: AMQP_URL.into(),
         }
+    }
+
+    /// Brokers nobody listens on (port 1): a service started against them
+    /// must still start, answer `/healthz`, and stop cleanly.
+    pub fn unreachable() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:1".into(),
+            redis_url: "redis://127.0.0.1:1".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        }
+    }
+
+    /// Points a service's configuration at these brokers (its prefix is
+    /// left as it is).
+    pub fn configure(&self, common: &mut Common) {
+        common.nats_url.clone_from(&self.nats_url);
+        common.redis_url.clone_from(&self.redis_url);
+        common.amqp_url.clone_from(&self.amqp_url);
     }
 
     /// The environment that points a service process at these brokers

@@ -13,6 +13,8 @@
 //!   `rabbitmq-server` instances on free ports, each in a temp dir of its
 //!   own ([`PrivateServer`], [`PrivateRabbit`]);
 //! * [`tempdir`]: a temporary directory removed on drop ([`TempDir`]);
+//! * [`lifecycle`]: a service's own `run` started and cancelled in-process
+//!   ([`lifecycle::starts_then_drains`]);
 //! * [`receiver`]: a real HTTP server recording what it is sent, the target
 //!   of webhook and Slack channels ([`Receiver`]).
 //!
@@ -20,6 +22,7 @@
 //! so that every service can take it as a dev-dependency.
 
 pub mod brokers;
+pub mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod receiver;

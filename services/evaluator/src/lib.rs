@@ -123,40 +123,16 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::{net::SocketAddr, time::Duration};
-
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use lifeline_testkit::{Brokers, lifecycle::starts_then_drains};
 
     use super::*;
-
-    /// The status line `GET path` is answered with.
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-        conn.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).await.unwrap();
-        answer.lines().next().unwrap_or_default().to_owned()
-    }
 
     /// Started against brokers nobody listens on (it starts all the same),
     /// then cancelled: every task stops and `run` returns `Ok`.
     #[tokio::test]
     async fn cancelled_it_drains_every_task_and_returns_ok() {
         let mut config = Config::local("evaluator-unit");
-        config.common.nats_url = "nats://127.0.0.1:1".into();
-        config.common.redis_url = "redis://127.0.0.1:1".into();
-        config.common.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let running = tokio::spawn(run(config, listener, shutdown.clone()));
-        assert!(get(addr, "/healthz").await.contains(" 200 "));
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), running)
-            .await
-            .expect("stopped within 10 s")
-            .expect("no panic")
-            .expect("a clean stop");
+        Brokers::unreachable().configure(&mut config.common);
+        starts_then_drains(|listener, shutdown| run(config, listener, shutdown)).await;
     }
 }
